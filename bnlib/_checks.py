@@ -1,0 +1,99 @@
+"""Argument checks shared by the NumPy and the torch implementations.
+
+Every check runs before any state changes, so a raised error never leaves a layer
+half-updated. The functions take plain Python values (shapes as tuples, dtype names as
+strings) so that both backends use exactly the same rules and messages.
+"""
+
+import math
+
+
+def check_eps(eps):
+    """``eps`` must be a finite number > 0 (it keeps ``1 / sqrt(var + eps)`` finite)."""
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)):
+        raise TypeError(f"eps must be a positive float, got {type(eps).__name__} {eps!r}")
+    if not (math.isfinite(eps) and eps > 0):
+        raise ValueError(f"eps must be a finite number > 0, got {eps!r}")
+
+
+def check_momentum(momentum, allow_none=True):
+    """``momentum`` is the weight of the new batch, in [0, 1]; ``None`` means cumulative average."""
+    if momentum is None:
+        if allow_none:
+            return
+        raise ValueError(
+            "momentum=None (cumulative average) needs num_batches_tracked; "
+            "use a BatchNorm module, or pass momentum = 1 / (number of batches seen)"
+        )
+    if isinstance(momentum, bool) or not isinstance(momentum, (int, float)):
+        raise TypeError(f"momentum must be a float in [0, 1] or None, got {momentum!r}")
+    if not 0.0 <= momentum <= 1.0:
+        raise ValueError(
+            f"momentum must be in [0, 1] (the weight of the new batch, torch's convention), "
+            f"got {momentum!r}"
+        )
+
+
+def check_num_features(num_features):
+    """The number of channels C of a layer: a positive int."""
+    if isinstance(num_features, bool) or not isinstance(num_features, int) or num_features < 1:
+        raise ValueError(f"num_features must be a positive int, got {num_features!r}")
+
+
+def check_input_shape(shape, training, allowed_ndims=None, num_features=None):
+    """Check the shape of an input (N, C, *) before any computation.
+
+    Args:
+        shape: the input's shape as a tuple.
+        training: whether batch statistics will be computed (then each channel needs more
+            than one value).
+        allowed_ndims: ranks a module accepts, e.g. ``(2, 3)`` for BatchNorm1d; ``None``
+            accepts any rank >= 2.
+        num_features: the expected channel count C, or ``None`` to skip that check.
+
+    Raises:
+        ValueError: wrong rank, wrong channel count, or a single value per channel in training.
+    """
+    ndim = len(shape)
+    if allowed_ndims is not None and ndim not in allowed_ndims:
+        expected = " or ".join(f"{d}D" for d in allowed_ndims)
+        raise ValueError(f"expected {expected} input (got {ndim}D input of shape {tuple(shape)})")
+    if ndim < 2:
+        raise ValueError(
+            f"expected input of shape (N, C, *) with at least 2 dimensions, "
+            f"got {ndim}D input of shape {tuple(shape)}"
+        )
+    if num_features is not None and shape[1] != num_features:
+        raise ValueError(
+            f"input has {shape[1]} channels (dim 1 of shape {tuple(shape)}) "
+            f"but the layer expects {num_features}"
+        )
+    values_per_channel = math.prod(shape) // shape[1] if shape[1] else 0
+    if training and values_per_channel == 1:
+        raise ValueError(
+            f"expected more than 1 value per channel when training, got input of shape "
+            f"{tuple(shape)}: with one value the batch variance is 0 and every output equals "
+            f"beta. Use a larger batch, or eval mode."
+        )
+
+
+def check_float_dtype(name, is_floating, dtype):
+    """Inputs and parameters must be floating point (integer or bool data is a mistake)."""
+    if not is_floating:
+        raise TypeError(f"{name} must be a floating-point array, got dtype {dtype}")
+
+
+def check_channel_vector(name, shape, num_channels):
+    """A per-channel vector (gamma, beta, running statistics) must have shape (C,)."""
+    if tuple(shape) != (num_channels,):
+        raise ValueError(
+            f"{name} must have shape ({num_channels},) to match the input's {num_channels} "
+            f"channels, got shape {tuple(shape)}"
+        )
+
+
+def check_running_pair(running_mean, running_var):
+    """Running statistics come as a pair: both given or both ``None``."""
+    if (running_mean is None) != (running_var is None):
+        given = "running_mean" if running_var is None else "running_var"
+        raise ValueError(f"running_mean and running_var must be given together; only {given} was")

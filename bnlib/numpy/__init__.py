@@ -1,0 +1,23 @@
+"""Batch normalization in NumPy: functions, a layer, and a gradient checker.
+
+>>> from bnlib import numpy as bnp
+>>> y, cache = bnp.batch_norm_forward(x, gamma, beta, eps=1e-5)   # training: batch statistics
+>>> dx, dgamma, dbeta = bnp.batch_norm_backward(dy, cache)         # closed form
+>>> y, cache = bnp.batch_norm_inference(x, mean, var, gamma, beta) # fixed statistics
+>>> bn = bnp.BatchNorm(num_features)                               # torch.nn.BatchNorm's twin
+"""
+
+from .functional import (BatchNormCache, batch_norm_backward, batch_norm_forward,
+                         batch_norm_inference)
+from .gradcheck import numerical_gradient, relative_error
+from .layer import BatchNorm
+
+__all__ = [
+    "BatchNorm",
+    "BatchNormCache",
+    "batch_norm_backward",
+    "batch_norm_forward",
+    "batch_norm_inference",
+    "numerical_gradient",
+    "relative_error",
+]
