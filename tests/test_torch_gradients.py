@@ -1,0 +1,64 @@
+"""bnlib.torch.batch_norm: first and second derivatives checked by torch.autograd, CPU and CUDA."""
+
+import pytest
+import torch
+
+from bnlib import torch as bnt
+
+
+def _inputs(shape, device, affine):
+    gen = torch.Generator().manual_seed(0)
+    c = shape[1]
+    x = (torch.randn(shape, generator=gen, dtype=torch.float64) * 2 + 1).to(device)
+    params = [torch.rand(c, generator=gen, dtype=torch.float64).add(0.5).to(device),
+              torch.randn(c, generator=gen, dtype=torch.float64).to(device)] if affine else []
+    stats = [torch.randn(c, generator=gen, dtype=torch.float64).to(device),
+             torch.rand(c, generator=gen, dtype=torch.float64).add(0.5).to(device)]
+    return x, params, stats
+
+
+@pytest.mark.parametrize("shape", [(6, 3), (3, 2, 4), (2, 3, 3, 2)])
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("affine", [True, False], ids=["affine", "plain"])
+def test_gradcheck_and_gradgradcheck(shape, training, affine, device):
+    x, params, stats = _inputs(shape, device, affine)
+    inputs = [t.requires_grad_() for t in [x, *params]]
+
+    def f(x, *p):
+        weight, bias = p if p else (None, None)
+        running = [s.clone() for s in stats]  # fresh copies: the check calls f many times
+        return bnt.batch_norm(x, *running, weight, bias, training=training)
+
+    assert torch.autograd.gradcheck(f, inputs)
+    assert torch.autograd.gradgradcheck(f, inputs)
+
+
+def test_backward_saves_only_the_input_and_per_channel_vectors():
+    x = torch.randn(8, 4, 5, 5, requires_grad=True)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        bnt.batch_norm(x, None, None, torch.ones(4, requires_grad=True), None, training=True)
+    big = [t for t in saved if t.numel() == x.numel()]
+    assert len(big) == 1 and big[0].data_ptr() == x.data_ptr()  # x itself, no copy
+    assert all(t.numel() <= 4 for t in saved if t.numel() != x.numel())
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_input_keeps_its_dtype_and_matches_float32(dtype, device):
+    x32 = torch.randn(16, 3, 8, 8, device=device) * 3 + 2
+    x = x32.to(dtype).requires_grad_()
+    w = torch.ones(3, device=device, requires_grad=True)
+    y = bnt.batch_norm(x, None, None, w, None, training=True)
+    y.float().square().sum().backward()
+    ref = torch.nn.functional.batch_norm(x.detach().float(), None, None, training=True)
+    assert y.dtype == dtype and x.grad.dtype == dtype and w.grad.dtype == torch.float32
+    assert (y.float() - ref).abs().max() < 0.05
+
+
+def test_float16_statistics_do_not_overflow():
+    """Values near float16's maximum (65504): their squares overflow float16 but not float32."""
+    x = (torch.rand(64, 2, 128, 128, generator=torch.Generator().manual_seed(0)) * 6e4).half()
+    y = bnt.batch_norm(x, None, None, training=True)
+    assert torch.isfinite(y).all()
+    ref = torch.nn.functional.batch_norm(x.double(), None, None, training=True)
+    assert (y.double() - ref).abs().max() < 0.01
