@@ -151,3 +151,26 @@ def test_numpy_functions_match_F_batch_norm(shape):
         dx, dgamma, dbeta = bnp.batch_norm_backward(dy, cache)
         for got, want in ((y, yt), (dx, xt.grad), (dgamma, gt.grad), (dbeta, bt.grad)):
             assert rel_err(got, want) <= TOL
+
+
+def test_module_on_device_matches_torch_nn_on_the_same_device(device):
+    """The same comparison on each device (CUDA runs only where a GPU is present)."""
+    rng = np.random.default_rng(3)
+    ref = torch.nn.BatchNorm2d(4, momentum=None, dtype=torch.float64, device=device)
+    ours = bnt.BatchNorm2d(4, momentum=None, dtype=torch.float64, device=device)
+    for training, steps in ((True, 3), (False, 1)):
+        ref.train(training)
+        ours.train(training)
+        for _ in range(steps):
+            x = torch.tensor(batch(rng, (8, 4, 5, 5)), device=device)
+            dy = torch.tensor(rng.normal(size=(8, 4, 5, 5)), device=device)
+            results = []
+            for module in (ref, ours):
+                xi = x.clone().requires_grad_()
+                y = module(xi)
+                y.backward(dy)
+                results.append([y, xi.grad, module.weight.grad.clone(), module.bias.grad.clone()])
+                module.zero_grad()
+            for got, want in zip(results[1], results[0]):
+                assert got.device.type == device and rel_err(got, want) <= TOL
+            assert_state_matches(ours.state_dict(), ref.state_dict(), f"{device} training={training}")

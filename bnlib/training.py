@@ -1,0 +1,114 @@
+"""Training helpers shared by the chapters: seeding, a plain SGD loop, evaluation, summaries.
+
+Deliberately small: mini-batch SGD (optionally with momentum) on cross-entropy, evaluated on
+the test split every ``eval_every`` steps. The loop stops at the first non-finite loss and
+marks the run as diverged, so learning-rate sweeps can count failures.
+"""
+
+import random
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+
+def deterministic(seed=0, threads=1):
+    """Seed torch, NumPy and Python and fix torch's thread count.
+
+    With one thread, float32 results do not depend on how many cores the machine has
+    (reductions split across threads round differently, and training amplifies the last bit
+    into visibly different curves), so a notebook prints the same numbers everywhere.
+    """
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+    torch.set_num_threads(threads)
+
+
+@dataclass
+class History:
+    """What one training run recorded: test accuracy every ``eval_every`` steps, and loss."""
+
+    steps: list = field(default_factory=list)  # steps at which the test accuracy was measured
+    test_accuracy: list = field(default_factory=list)
+    train_loss: list = field(default_factory=list)  # loss of every step's mini-batch
+    diverged: bool = False  # the loss became NaN or infinite; training stopped there
+
+    def steps_to(self, target):
+        """The first evaluated step whose test accuracy is >= target, or None if never."""
+        for step, acc in zip(self.steps, self.test_accuracy):
+            if acc >= target:
+                return step
+        return None
+
+    @property
+    def final_accuracy(self):
+        """The last test accuracy measured (chance level, not the last value, after divergence)."""
+        return self.test_accuracy[-1] if self.test_accuracy else float("nan")
+
+
+@torch.no_grad()
+def evaluate(model, x, y):
+    """Accuracy of ``model`` on (x, y) in eval mode; the model's mode is restored afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        return float((model(x).argmax(dim=1) == y).float().mean())
+    finally:
+        model.train(was_training)
+
+
+def train(model, data, steps, batch_size=60, lr=0.1, momentum=0.0, weight_decay=0.0,
+          eval_every=100, seed=0, on_step=None):
+    """Train ``model`` with mini-batch SGD on cross-entropy; return a :class:`History`.
+
+    Args:
+        model: a classifier mapping ``data.x_train`` to logits.
+        data: a :class:`bnlib.data.Dataset`.
+        steps: number of SGD steps.
+        batch_size: examples per step, drawn without replacement within each epoch.
+        lr, momentum, weight_decay: of ``torch.optim.SGD``.
+        eval_every: measure the test accuracy every this many steps (and at step 0).
+        seed: seeds the order of the mini-batches (not the model's initialization).
+        on_step: optional ``callback(step, model)`` called after every step, e.g. to record
+            activation statistics.
+    """
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum,
+                                weight_decay=weight_decay)
+    gen = torch.Generator().manual_seed(seed)
+    history = History()
+    n = len(data.y_train)
+    order, cursor = torch.randperm(n, generator=gen), 0
+    model.train()
+    for step in range(steps + 1):
+        if step % eval_every == 0 or step == steps:
+            history.steps.append(step)
+            history.test_accuracy.append(evaluate(model, data.x_test, data.y_test))
+        if step == steps:
+            break
+        if cursor + batch_size > n:
+            order, cursor = torch.randperm(n, generator=gen), 0
+        idx = order[cursor:cursor + batch_size]
+        cursor += batch_size
+        loss = torch.nn.functional.cross_entropy(model(data.x_train[idx]), data.y_train[idx])
+        if not torch.isfinite(loss):
+            history.diverged = True
+            if history.steps and history.steps[-1] == step:  # measured before the blow-up
+                history.steps.pop()
+                history.test_accuracy.pop()
+            history.steps.append(step)
+            history.test_accuracy.append(1.0 / data.num_classes)
+            break
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        history.train_loss.append(loss.item())
+        if on_step is not None:
+            on_step(step, model)
+    return history
+
+
+def mean_and_spread(values):
+    """``(mean, std, min, max)`` of a list of numbers over seeds (std with ddof=0)."""
+    a = np.asarray(values, dtype=float)
+    return float(a.mean()), float(a.std()), float(a.min()), float(a.max())
