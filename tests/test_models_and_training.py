@@ -20,6 +20,14 @@ def test_mlp_layout_and_redundant_bias():
         models.mlp(64, [32], 10, norm=bnt.BatchNorm1d, norm_position="middle")
 
 
+def test_mlp_dropout_ends_each_hidden_block():
+    net = models.mlp(64, [32, 16], 10, norm=bnt.BatchNorm1d, dropout=0.5)
+    assert [list(block._modules) for block in net[:2]] == [["linear", "norm", "act", "dropout"]] * 2
+    assert net[0].dropout.p == 0.5
+    with pytest.raises(ValueError, match="dropout"):
+        models.mlp(64, [32], 10, dropout=1.0)
+
+
 def test_mlp_init_std_sets_every_linear_weight():
     torch.manual_seed(0)
     net = models.mlp(200, [400], 10, init_std=0.01)
