@@ -2,18 +2,39 @@
 
 Every check runs before any state changes, so a raised error never leaves a layer
 half-updated. The functions take plain Python values (shapes as tuples, dtype names as
-strings) so that both backends use exactly the same rules and messages.
+strings) or NumPy arrays, so that both backends use exactly the same rules and messages.
 """
 
 import math
+import numbers
+
+import numpy as np
+
+
+def _is_real(value):
+    """A real number (Python or NumPy scalar), but not a bool (True is 1 by accident)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def check_eps(eps):
     """``eps`` must be a finite number > 0 (it keeps ``1 / sqrt(var + eps)`` finite)."""
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)):
+    if not _is_real(eps):
         raise TypeError(f"eps must be a positive float, got {type(eps).__name__} {eps!r}")
     if not (math.isfinite(eps) and eps > 0):
         raise ValueError(f"eps must be a finite number > 0, got {eps!r}")
+
+
+def check_eps_fits(eps, dtype):
+    """``eps`` must not round to 0 in ``dtype``, the (NumPy) dtype the statistics are computed in.
+
+    Otherwise a constant channel gives ``0 * (1 / sqrt(0)) = nan`` instead of 0.
+    """
+    dtype = np.dtype(dtype)
+    if dtype.type(eps) == 0:
+        raise ValueError(
+            f"eps={eps!r} rounds to 0 in {dtype.name}, the dtype the statistics are computed "
+            f"in; use eps >= {np.finfo(dtype).smallest_subnormal}"
+        )
 
 
 def check_momentum(momentum, allow_none=True):
@@ -25,8 +46,11 @@ def check_momentum(momentum, allow_none=True):
             "momentum=None (cumulative average) needs num_batches_tracked; "
             "use a BatchNorm module, or pass momentum = 1 / (number of batches seen)"
         )
-    if isinstance(momentum, bool) or not isinstance(momentum, (int, float)):
-        raise TypeError(f"momentum must be a float in [0, 1] or None, got {momentum!r}")
+    if not _is_real(momentum):
+        raise TypeError(
+            f"momentum must be a float in [0, 1] or None, got {type(momentum).__name__} "
+            f"{momentum!r}"
+        )
     if not 0.0 <= momentum <= 1.0:
         raise ValueError(
             f"momentum must be in [0, 1] (the weight of the new batch, torch's convention), "
@@ -35,8 +59,9 @@ def check_momentum(momentum, allow_none=True):
 
 
 def check_num_features(num_features):
-    """The number of channels C of a layer: a positive int."""
-    if isinstance(num_features, bool) or not isinstance(num_features, int) or num_features < 1:
+    """The number of channels C of a layer: a positive int (a NumPy integer is fine)."""
+    if (not isinstance(num_features, numbers.Integral) or isinstance(num_features, bool)
+            or num_features < 1):
         raise ValueError(f"num_features must be a positive int, got {num_features!r}")
 
 
@@ -71,9 +96,10 @@ def check_input_shape(shape, training, allowed_ndims=None, num_features=None):
     values_per_channel = math.prod(shape) // shape[1] if shape[1] else 0
     if training and values_per_channel == 1:
         raise ValueError(
-            f"expected more than 1 value per channel when training, got input of shape "
-            f"{tuple(shape)}: with one value the batch variance is 0 and every output equals "
-            f"beta. Use a larger batch, or eval mode."
+            f"expected more than 1 value per channel when training (or in eval mode without "
+            f"running statistics), got input of shape {tuple(shape)}: with one value the batch "
+            f"variance is 0 and every output equals beta. Use a larger batch, or eval mode "
+            f"with running statistics."
         )
 
 
@@ -97,3 +123,21 @@ def check_running_pair(running_mean, running_var):
     if (running_mean is None) != (running_var is None):
         given = "running_mean" if running_var is None else "running_var"
         raise ValueError(f"running_mean and running_var must be given together; only {given} was")
+
+
+def check_no_grad(name, requires_grad):
+    """Running statistics are updated in place, outside autograd: they must not require grad."""
+    if requires_grad:
+        raise ValueError(
+            f"{name} requires grad, but running statistics are buffers updated in place "
+            f"without autograd; pass {name}.detach() (or register it as a buffer, not a Parameter)"
+        )
+
+
+def check_nonnegative(name, values):
+    """A variance (a NumPy array) must be >= 0; NaN is let through (it marks a poisoned channel)."""
+    negative = np.flatnonzero(np.asarray(values) < 0)
+    if negative.size:
+        c = int(negative[0])
+        more = f" (and {negative.size - 1} more channels)" if negative.size > 1 else ""
+        raise ValueError(f"{name} must be >= 0, got {float(values[c])!r} for channel {c}{more}")

@@ -1,4 +1,8 @@
-"""State: state_dict interchange with torch.nn, empty batches, the momentum=None average."""
+"""State: state_dict interchange with torch.nn, empty batches, the momentum=None average;
+copies (deepcopy, pickle), .to(device, dtype), np.savez round trips, all-or-nothing loading."""
+
+import copy
+import pickle
 
 import numpy as np
 import pytest
@@ -99,3 +103,94 @@ def test_momentum_none_keeps_the_exact_average_of_the_batch_statistics():
     assert np.allclose(layer.running_mean, np.mean([b.mean(0) for b in batches], 0), atol=1e-14)
     assert np.allclose(layer.running_var, np.mean([b.var(0, ddof=1) for b in batches], 0),
                        atol=1e-14)
+
+
+def _bnt_trained(cls=bnt.BatchNorm2d, shape=(4, 3, 2, 2)):
+    module = cls(3)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(2):
+        module(torch.randn(shape, generator=gen) * 3 + 1)
+    with torch.no_grad():
+        module.weight.uniform_(0.5, 2, generator=gen)
+    return module
+
+
+def _tensors(module):
+    return dict(module.named_parameters()) | dict(module.named_buffers())
+
+
+@pytest.mark.parametrize("clone", [copy.deepcopy, lambda m: pickle.loads(pickle.dumps(m))],
+                         ids=["deepcopy", "pickle"])
+@pytest.mark.parametrize("cls", [bnt.BatchNorm1d, bnt.BatchNorm2d, bnt.BatchNorm3d])
+def test_torch_module_copies_carry_every_buffer_and_are_independent(clone, cls):
+    shape = {bnt.BatchNorm1d: (8, 3), bnt.BatchNorm2d: (4, 3, 2, 2),
+             bnt.BatchNorm3d: (2, 3, 2, 2, 2)}[cls]
+    original = _bnt_trained(cls, shape)
+    twin = clone(original)
+    _assert_same_state(twin.state_dict(), original.state_dict())
+    assert isinstance(twin.weight, torch.nn.Parameter) and twin.weight.requires_grad
+    x = torch.randn(shape)
+    assert torch.equal(twin(x), original(x))  # the same training step on both
+    _assert_same_state(twin.state_dict(), original.state_dict())
+    twin(x * 5)  # a step on the copy only
+    assert int(twin.num_batches_tracked) == int(original.num_batches_tracked) + 1
+    assert not torch.equal(twin.running_mean, original.running_mean)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16])
+def test_to_device_and_dtype_moves_every_parameter_and_buffer(device, dtype):
+    module = _bnt_trained()
+    before = {k: v.detach().clone() for k, v in _tensors(module).items()}
+    assert module.to(device, dtype) is module
+    for name, tensor in _tensors(module).items():
+        assert tensor.device.type == device, name
+        if name == "num_batches_tracked":
+            assert tensor.dtype == torch.long and int(tensor) == 2
+        else:
+            assert tensor.dtype == dtype, name
+            assert torch.equal(tensor.cpu(), before[name].to(dtype)), name
+    assert isinstance(module.weight, torch.nn.Parameter)
+    x = torch.randn(4, 3, 2, 2, device=device, dtype=dtype)
+    assert module(x).device.type == device and int(module.num_batches_tracked) == 3
+
+
+def test_numpy_layer_copies_carry_every_array_and_are_independent():
+    original = bnp.BatchNorm(3)
+    original(np.random.default_rng(0).normal(size=(8, 3)))
+    for twin in (copy.deepcopy(original), pickle.loads(pickle.dumps(original))):
+        _assert_same_state(twin.state_dict(), original.state_dict())
+        twin(np.random.default_rng(1).normal(size=(8, 3)))
+        assert int(twin.num_batches_tracked) == 2 and int(original.num_batches_tracked) == 1
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"dtype": np.float32}, {"dtype": np.float16},
+                                    {"affine": False}, {"momentum": None}],
+                         ids=["float64", "float32", "float16", "no-affine", "cumulative"])
+def test_numpy_layer_state_round_trips_through_np_savez_exactly(tmp_path, kwargs):
+    rng = np.random.default_rng(0)
+    layer = bnp.BatchNorm(3, **kwargs)
+    for _ in range(3):
+        layer(rng.normal(size=(8, 3, 4)) * 3 + 1)
+    if layer.affine:
+        layer.weight[:] = rng.uniform(0.5, 2, size=3)
+    path = tmp_path / "bn.npz"
+    np.savez(path, **layer.state_dict())
+    loaded = bnp.BatchNorm(3, **kwargs)
+    with np.load(path, allow_pickle=False) as saved:  # plain arrays: no pickle involved
+        loaded.load_state_dict(saved)
+    for key, value in layer.state_dict().items():
+        got = loaded.state_dict()[key]
+        assert got.dtype == value.dtype and np.array_equal(got, value), key
+    x = rng.normal(size=(5, 3, 4))
+    assert np.array_equal(loaded.eval()(x), layer.eval()(x))
+
+
+def test_a_failed_load_inside_a_larger_model_leaves_the_module_unchanged():
+    model = torch.nn.Sequential(torch.nn.Linear(3, 3), bnt.BatchNorm1d(3))
+    model(torch.randn(8, 3))
+    before = {k: v.clone() for k, v in model[1].state_dict().items()}
+    state = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.BatchNorm1d(3)).state_dict()
+    state["1.running_var"] = torch.ones(5)
+    with pytest.raises(RuntimeError, match="size mismatch for 1.running_var"):
+        model.load_state_dict(state)
+    _assert_same_state(model[1].state_dict(), before)

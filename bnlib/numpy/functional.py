@@ -18,6 +18,17 @@ Conventions (identical to ``torch.nn.BatchNorm1d/2d/3d``):
   which cancels catastrophically for large offsets.
 * Statistics are accumulated in float32 for float16 input and in the input's precision
   otherwise; the output has the input's dtype.
+* Mixed dtypes are a defined result, not an error: gamma, beta, mean and var of any floating
+  dtype are cast to the compute dtype of x (float32 for float16 x, x's own dtype otherwise).
+  A NumPy function follows the array it normalizes; ``torch.nn`` instead refuses float64
+  parameters with float32 input (and ``bnlib.torch`` does the same).
+* NaN and inf are data, not errors (checking would cost a pass over x): in training they make
+  their channel's output NaN and leave the other channels alone; an inf gives mean inf and
+  variance NaN, as in torch. NumPy's ``RuntimeWarning`` for inf - inf is not silenced. In
+  inference only the non-finite elements themselves are affected.
+* Bad arguments (wrong rank or shape, non-floating or masked arrays, eps <= 0 or so small that
+  it rounds to 0 in the compute dtype) raise an error naming the argument and its value;
+  nothing passed in is ever modified. ``bnlib.edge_cases`` lists every case with its outcome.
 """
 
 from typing import NamedTuple, Optional
@@ -66,6 +77,14 @@ def _compute_dtype(dtype):
 
 
 def _as_float_array(name, a):
+    """``a`` as an array of a floating dtype, or the documented TypeError."""
+    if a is None:
+        raise TypeError(f"{name} must be a floating-point array, got None")
+    if isinstance(a, np.ma.MaskedArray):
+        raise TypeError(
+            f"{name} is a masked array, and its mask would be silently ignored; pass "
+            f"{name}.filled(value) or only the valid entries"
+        )
     a = np.asarray(a)
     _checks.check_float_dtype(name, np.issubdtype(a.dtype, np.floating), a.dtype)
     return a
@@ -103,12 +122,14 @@ def batch_norm_forward(x, gamma=None, beta=None, eps=1e-5):
         holding what the backward pass needs and the batch mean and (biased) variance.
 
     Raises:
-        TypeError: non-floating x, gamma or beta; non-numeric eps.
-        ValueError: rank < 2, one value per channel, gamma/beta not of shape (C,), eps <= 0.
+        TypeError: x, gamma or beta None, masked or not floating point; non-numeric eps.
+        ValueError: rank < 2, one value per channel, gamma/beta not of shape (C,), eps <= 0
+            or eps rounding to 0 in the compute dtype.
     """
     x = check_input(x, training=True)
     _checks.check_eps(eps)
     gamma, beta = _check_affine(gamma, beta, x.shape[1])
+    _checks.check_eps_fits(eps, _compute_dtype(x.dtype))
 
     dtype = _compute_dtype(x.dtype)
     axes = _reduce_axes(x.ndim)
@@ -120,6 +141,9 @@ def batch_norm_forward(x, gamma=None, beta=None, eps=1e-5):
     # Shifted data: subtract each channel's first value K (exact for nearby values, by
     # Sterbenz's lemma), so that a large offset costs no digits; then two passes.
     pivot = xc[0].reshape(x.shape[1], -1)[:, 0]
+    # An infinite pivot would turn its whole channel into inf - inf = nan; shift by 0 there,
+    # so that an inf gives mean inf and variance nan, as in torch.
+    pivot = np.where(np.isfinite(pivot), pivot, 0)
     xhat = xc - _per_channel(pivot, x.ndim)  # a new array: x is never modified
     shift = xhat.mean(axis=axes, dtype=dtype)
     xhat -= _per_channel(shift, x.ndim)
@@ -167,13 +191,24 @@ def batch_norm_backward(dy, cache):
         respect to a gamma of 1 and a beta of 0).
 
     Raises:
+        TypeError: cache is not a :class:`BatchNormCache` (for instance the whole ``(y, cache)``
+            pair); dy None, masked or not floating point.
         ValueError: dy does not have the shape of x.
     """
+    if not isinstance(cache, BatchNormCache):
+        hint = " (the whole (y, cache) pair?)" if isinstance(cache, tuple) else ""
+        raise TypeError(
+            f"cache must be the BatchNormCache returned by batch_norm_forward or "
+            f"batch_norm_inference, got {type(cache).__name__}{hint}"
+        )
     xhat, invstd, gamma = cache.xhat, cache.invstd, cache.gamma
-    dy = np.asarray(dy)
+    dy = _as_float_array("dy", dy)
     if dy.shape != xhat.shape:
         raise ValueError(f"dy must have the shape of x {xhat.shape}, got {dy.shape}")
     dtype = xhat.dtype
+    if dy.size == 0:  # an empty batch or C = 0: sums over no values are 0, nothing to scale
+        zeros = np.zeros(dy.shape[1], dtype)
+        return dy.astype(cache.input_dtype), zeros, zeros.copy()
     dy = dy.astype(dtype, copy=False)
     axes = _reduce_axes(dy.ndim)
     m = dy.size // dy.shape[1]
@@ -204,8 +239,9 @@ def batch_norm_inference(x, mean, var, gamma=None, beta=None, eps=1e-5):
         :func:`batch_norm_backward`.
 
     Raises:
-        As :func:`batch_norm_forward` (one value per channel is allowed here), and ValueError
-        when mean or var is not of shape (C,).
+        As :func:`batch_norm_forward` (one value per channel is allowed here); TypeError when
+        mean or var is None, masked or not floating point; ValueError when mean or var is not
+        of shape (C,) or var has a negative entry (NaN is let through).
     """
     x = check_input(x, training=False)
     _checks.check_eps(eps)
@@ -214,6 +250,8 @@ def batch_norm_inference(x, mean, var, gamma=None, beta=None, eps=1e-5):
     var = _as_float_array("var", var)
     _checks.check_channel_vector("mean", mean.shape, x.shape[1])
     _checks.check_channel_vector("var", var.shape, x.shape[1])
+    _checks.check_nonnegative("var", var)
+    _checks.check_eps_fits(eps, _compute_dtype(x.dtype))
 
     dtype = _compute_dtype(x.dtype)
     invstd = 1.0 / np.sqrt(var.astype(dtype) + dtype.type(eps))

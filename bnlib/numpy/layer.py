@@ -3,7 +3,8 @@
 import numpy as np
 
 from .. import _checks
-from .functional import batch_norm_backward, batch_norm_forward, batch_norm_inference
+from .functional import (_as_float_array, batch_norm_backward, batch_norm_forward,
+                         batch_norm_inference)
 
 _STATE_KEYS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 
@@ -40,6 +41,14 @@ class BatchNorm:
 
     Shape: input ``(N, C, *)``, output the same shape and dtype.
 
+    Input of another floating dtype than the layer is a defined result, not an error: it is
+    normalized in its own compute dtype (float32 for float16) with the parameters cast to it,
+    the output keeps the input's dtype, and the running statistics keep the layer's dtype.
+    Every argument, setting and buffer is checked before anything is updated, so a raised
+    error leaves the layer exactly as it was (``bnlib.edge_cases`` lists the cases). The state
+    saves without pickle: ``np.savez(f, **bn.state_dict())`` and
+    ``bn.load_state_dict(np.load(f))`` restore it exactly.
+
     Example:
         >>> bn = BatchNorm(3)
         >>> y = bn(np.random.default_rng(0).normal(size=(8, 3)))
@@ -51,13 +60,14 @@ class BatchNorm:
         _checks.check_num_features(num_features)
         _checks.check_eps(eps)
         _checks.check_momentum(momentum)
-        self.num_features = num_features
+        if not np.issubdtype(np.dtype(dtype), np.floating):
+            raise TypeError(f"dtype must be a floating-point dtype, got {np.dtype(dtype)}")
+        self.num_features = int(num_features)
         self.eps = eps
         self.momentum = momentum
         self.affine = affine
         self.track_running_stats = track_running_stats
         self.dtype = np.dtype(dtype)
-        _checks.check_float_dtype("dtype", np.issubdtype(self.dtype, np.floating), self.dtype)
         self.weight = np.ones(num_features, self.dtype) if affine else None
         self.bias = np.zeros(num_features, self.dtype) if affine else None
         if track_running_stats:
@@ -85,12 +95,17 @@ class BatchNorm:
         """Normalize x of shape ``(N, C, *)``; see the class docstring for the two modes.
 
         Raises:
-            TypeError: non-floating input (see :func:`~bnlib.numpy.batch_norm_forward`).
+            TypeError: input None, masked or not floating point (see
+                :func:`~bnlib.numpy.batch_norm_forward`); ``eps`` or ``momentum`` reassigned
+                to a non-number.
             ValueError: wrong rank, one value per channel in training, or C different from
-                ``num_features``. Nothing is updated when an error is raised.
+                ``num_features``; ``eps``, ``momentum`` or a parameter or buffer reassigned to
+                a bad value. Nothing is updated when an error is raised.
         """
         use_batch_stats = self.training or self.running_mean is None
-        _checks.check_input_shape(np.shape(x), use_batch_stats, num_features=self.num_features)
+        x = _as_float_array("x", x)
+        _checks.check_input_shape(x.shape, use_batch_stats, num_features=self.num_features)
+        self._check_state()
         if not use_batch_stats:
             y, self._cache = batch_norm_inference(
                 x, self.running_mean, self.running_var, self.weight, self.bias, self.eps)
@@ -100,6 +115,28 @@ class BatchNorm:
             self._update_running_stats(cache)
         self._cache = cache
         return y
+
+    def _check_state(self):
+        """Settings and buffers are plain attributes a user may reassign: check them before use."""
+        _checks.check_eps(self.eps)
+        _checks.check_momentum(self.momentum)
+        _checks.check_running_pair(self.running_mean, self.running_var)
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if not isinstance(value, np.ndarray):
+                raise TypeError(f"{name} must be a NumPy array, got {type(value).__name__}")
+            _checks.check_channel_vector(name, value.shape, self.num_features)
+        if self.running_var is not None:
+            _checks.check_nonnegative("running_var", self.running_var)
+        tracking = self.running_mean is not None
+        count = self.num_batches_tracked
+        if tracking and not (isinstance(count, np.ndarray) and count.dtype == np.int64):
+            raise TypeError(
+                f"num_batches_tracked must be an int64 array while running statistics are "
+                f"kept, got {count!r}"
+            )
 
     def _update_running_stats(self, cache):
         """Torch's update: count the batch, then blend its statistics into the buffers."""
@@ -141,11 +178,15 @@ class BatchNorm:
 
         Every key of :meth:`state_dict` is required except ``num_batches_tracked``, which
         old torch checkpoints lack (the current count is kept, as torch does). Values are cast
-        to this layer's dtype.
+        to this layer's dtype. An ``np.load`` of an ``np.savez`` file works as ``state_dict``.
 
         Raises:
             KeyError: missing or unexpected keys (all named).
-            ValueError: a value of the wrong shape. Nothing is loaded when an error is raised.
+            TypeError: a value that is not numeric.
+            ValueError: a value of the wrong shape, a negative ``running_var``, or a
+                ``num_batches_tracked`` that is not a whole number >= 0. Every value is checked
+                and converted before the first is stored: nothing is loaded when an error is
+                raised.
         """
         expected = [k for k in _STATE_KEYS if getattr(self, k) is not None]
         missing = [k for k in expected if k not in state_dict and k != "num_batches_tracked"]
@@ -153,14 +194,26 @@ class BatchNorm:
         if missing or unexpected:
             raise KeyError(f"state_dict does not fit this layer: missing keys {missing}, "
                            f"unexpected keys {unexpected}")
-        loaded = {k: _to_numpy(v) for k, v in state_dict.items()}
+        loaded = {k: self._checked_value(k, _to_numpy(v)) for k, v in state_dict.items()}
+        if "running_var" in loaded:
+            _checks.check_nonnegative("state_dict['running_var']", loaded["running_var"])
         for k, v in loaded.items():
-            want = () if k == "num_batches_tracked" else (self.num_features,)
-            if v.shape != want:
-                raise ValueError(f"state_dict[{k!r}] has shape {v.shape}, this layer needs {want}")
-        for k, v in loaded.items():
-            dtype = np.int64 if k == "num_batches_tracked" else self.dtype
-            setattr(self, k, v.astype(dtype, copy=True))
+            setattr(self, k, v)
+
+    def _checked_value(self, key, value):
+        """A copy of one state_dict value in this layer's dtype, or the documented error."""
+        want = () if key == "num_batches_tracked" else (self.num_features,)
+        if value.shape != want:
+            raise ValueError(f"state_dict[{key!r}] has shape {value.shape}, this layer needs {want}")
+        if not (np.issubdtype(value.dtype, np.floating) or np.issubdtype(value.dtype, np.integer)):
+            raise TypeError(f"state_dict[{key!r}] must be numeric, got dtype {value.dtype}")
+        if key != "num_batches_tracked":
+            return value.astype(self.dtype, copy=True)
+        count = value.item()
+        if not (np.isfinite(count) and count >= 0 and count == int(count)):
+            raise ValueError(f"state_dict['num_batches_tracked'] must be a whole number >= 0, "
+                             f"got {count!r}")
+        return np.array(int(count), dtype=np.int64)
 
     def __repr__(self):
         return (f"BatchNorm({self.num_features}, eps={self.eps}, momentum={self.momentum}, "

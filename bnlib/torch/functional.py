@@ -15,6 +15,11 @@ Conventions (identical to ``torch.nn.functional.batch_norm``):
 * ``running = (1 - momentum) * running + momentum * batch_statistic``;
 * float16 / bfloat16 input: statistics in float32, output in the input dtype; parameters and
   running statistics may then be float32 (or the input's dtype).
+* NaN and inf are data, not errors: in training they make their channel's output NaN and
+  leave the other channels alone; an inf gives running_mean inf and running_var NaN, as in
+  torch. In eval only the non-finite elements themselves are affected.
+* Bad arguments raise an error naming the argument and its value before anything is updated;
+  ``bnlib.edge_cases`` lists every case with its outcome.
 """
 
 import torch
@@ -50,6 +55,9 @@ def _batch_stats(x):
     dims, ndim = _reduce_dims(x.dim()), x.dim()
     xs = x.to(_stats_dtype(x.dtype))
     pivot = xs[0].reshape(x.shape[1], -1)[:, 0]
+    # An infinite pivot would turn its whole channel into inf - inf = nan; shift by 0 there,
+    # so that an inf gives mean inf and variance nan, as torch's kernel does.
+    pivot = torch.where(pivot.isfinite(), pivot, torch.zeros_like(pivot))
     centred = xs - _per_channel(pivot, ndim)
     shift = centred.mean(dims)
     centred = centred - _per_channel(shift, ndim)
@@ -121,6 +129,7 @@ def check_arguments(x, running_mean, running_var, weight, bias, training, moment
     _checks.check_float_dtype("input", x.is_floating_point(), x.dtype)
     _checks.check_input_shape(tuple(x.shape), training)
     _checks.check_eps(eps)
+    _checks.check_eps_fits(eps, "float64" if x.dtype == torch.float64 else "float32")
     _checks.check_momentum(momentum, allow_none=False)
     _checks.check_running_pair(running_mean, running_var)
     if not training and running_mean is None:
@@ -129,6 +138,9 @@ def check_arguments(x, running_mean, running_var, weight, bias, training, moment
                     ("weight", weight), ("bias", bias)):
         if t is not None:
             _check_tensor(name, t, x, x.shape[1])
+    for name, t in (("running_mean", running_mean), ("running_var", running_var)):
+        if t is not None:
+            _checks.check_no_grad(name, t.requires_grad)
 
 
 def batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False,
@@ -155,8 +167,13 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     Raises:
         TypeError: non-tensor or non-floating input; parameters of another dtype.
         ValueError: rank < 2; one value per channel in training; a (C,) tensor of another
-            shape or device; only one of running_mean / running_var; no running statistics in
-            eval; eps <= 0; momentum outside [0, 1]. Nothing is updated when an error is raised.
+            shape or device; only one of running_mean / running_var; running statistics that
+            require grad; no running statistics in eval; eps <= 0 or rounding to 0 in the
+            statistics' dtype; momentum outside [0, 1]. Nothing is updated when an error is
+            raised.
+
+    A negative ``running_var`` is not checked (that would read a value back from the device on
+    every call): its channel comes out NaN, as in ``torch.nn``.
     """
     check_arguments(input, running_mean, running_var, weight, bias, training, momentum, eps)
     if not training:

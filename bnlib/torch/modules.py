@@ -39,7 +39,7 @@ class _BatchNorm(torch.nn.Module):
         _checks.check_momentum(momentum)
         super().__init__()
         factory = {"device": device, "dtype": dtype}
-        self.num_features = num_features
+        self.num_features = int(num_features)
         self.eps = eps
         self.momentum = momentum
         self.affine = affine
@@ -105,14 +105,46 @@ class _BatchNorm(torch.nn.Module):
             self.num_batches_tracked.add_(1)
         return y
 
+    def _checkpoint(self):
+        """A function that puts every parameter and buffer back to its current object and value."""
+        saved = [(name, t, t.detach().clone())
+                 for name, t in [*self._parameters.items(), *self._buffers.items()]
+                 if t is not None]
+
+        def restore():
+            with torch.no_grad():
+                for name, tensor, value in saved:
+                    setattr(self, name, tensor)  # undoes load_state_dict(..., assign=True)
+                    tensor.copy_(value)
+
+        return restore
+
+    def load_state_dict(self, state_dict, strict=True, assign=False):
+        """torch's ``load_state_dict``, all or nothing: after an error the module is unchanged.
+
+        torch itself copies every entry that fits before it raises for the others (missing or
+        unexpected keys, shapes that differ), which leaves a half-loaded module behind.
+        """
+        restore = self._checkpoint()
+        try:
+            return super().load_state_dict(state_dict, strict=strict, assign=assign)
+        except Exception:
+            restore()
+            raise
+
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict,
                               missing_keys, unexpected_keys, error_msgs):
         # Checkpoints from torch < 0.4.1 have no num_batches_tracked: keep the current count.
         key = prefix + "num_batches_tracked"
         if self.num_batches_tracked is not None and key not in state_dict:
             state_dict[key] = self.num_batches_tracked.clone()
+        # Loaded as part of a larger model, this module stays all or nothing too: an entry
+        # that cannot be loaded (always an error) undoes the entries copied before it.
+        restore, errors = self._checkpoint(), len(error_msgs)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict,
                                       missing_keys, unexpected_keys, error_msgs)
+        if len(error_msgs) > errors:
+            restore()
 
 
 class BatchNorm1d(_BatchNorm):
