@@ -43,9 +43,9 @@ def _plain_ops(x, weight, bias, eps=1e-5):
     """Batch norm written with plain torch operations; autograd derives the backward."""
     dims = [0] + list(range(2, x.dim()))
     shape = [1, -1] + [1] * (x.dim() - 2)
-    mean = x.mean(dims, keepdim=True)
-    var = ((x - mean) ** 2).mean(dims, keepdim=True)
-    return (x - mean) / torch.sqrt(var + eps) * weight.view(shape) + bias.view(shape)
+    centred = x - x.mean(dims, keepdim=True)
+    var = (centred**2).mean(dims, keepdim=True)
+    return centred / torch.sqrt(var + eps) * weight.view(shape) + bias.view(shape)
 
 
 def torch_implementations(compiled=False):

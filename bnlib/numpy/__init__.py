@@ -5,18 +5,24 @@
 >>> dx, dgamma, dbeta = bnp.batch_norm_backward(dy, cache)         # closed form
 >>> y, cache = bnp.batch_norm_inference(x, mean, var, gamma, beta) # fixed statistics
 >>> bn = bnp.BatchNorm(num_features)                               # torch.nn.BatchNorm's twin
+>>> y, cache = bnp.batch_norm_forward_staged(x, gamma, beta)       # node by node, for teaching
+>>> dx, dgamma, dbeta = bnp.batch_norm_backward_staged(dy, cache)  # the graph in reverse
 """
 
 from .functional import (BatchNormCache, batch_norm_backward, batch_norm_forward,
                          batch_norm_inference)
 from .gradcheck import numerical_gradient, relative_error
 from .layer import BatchNorm
+from .staged import StagedCache, batch_norm_backward_staged, batch_norm_forward_staged
 
 __all__ = [
     "BatchNorm",
     "BatchNormCache",
+    "StagedCache",
     "batch_norm_backward",
+    "batch_norm_backward_staged",
     "batch_norm_forward",
+    "batch_norm_forward_staged",
     "batch_norm_inference",
     "numerical_gradient",
     "relative_error",
