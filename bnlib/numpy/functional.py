@@ -132,23 +132,30 @@ def batch_norm_forward(x, gamma=None, beta=None, eps=1e-5):
     _checks.check_eps_fits(eps, _compute_dtype(x.dtype))
 
     dtype = _compute_dtype(x.dtype)
-    axes = _reduce_axes(x.ndim)
-    xc = x.astype(dtype, copy=False)
+    # A C-ordered array of the compute dtype: x itself when it already is one (then it must
+    # not be modified), else a fresh copy (which can be modified in place).
+    xc = x.astype(dtype, order="C", copy=False)
     gamma_c = None if gamma is None else gamma.astype(dtype, copy=False)
     if x.size == 0:  # an empty batch: an empty output and no statistics, as in torch
         nan = np.full(x.shape[1], np.nan, dtype)
         return x.copy(), BatchNormCache(xc.copy(), nan, gamma_c, nan, nan, x.dtype, True)
+    m = x.size // x.shape[1]
     # Shifted data: subtract each channel's first value K (exact for nearby values, by
     # Sterbenz's lemma), so that a large offset costs no digits; then two passes.
     pivot = xc[0].reshape(x.shape[1], -1)[:, 0]
     # An infinite pivot would turn its whole channel into inf - inf = nan; shift by 0 there,
-    # so that an inf gives mean inf and variance nan, as in torch.
-    pivot = np.where(np.isfinite(pivot), pivot, 0)
-    xhat = xc - _per_channel(pivot, x.ndim)  # a new array: x is never modified
-    shift = xhat.mean(axis=axes, dtype=dtype)
+    # so that an inf gives mean inf and variance nan, as in torch. (np.where also makes pivot
+    # a copy, not a view into xc, which may be updated in place below.)
+    pivot = np.where(np.isfinite(pivot), pivot, 0).astype(dtype, copy=False)
+    if xc is x:
+        xhat = x - _per_channel(pivot, x.ndim)  # a new array: x is never modified
+    else:
+        xhat = xc
+        xhat -= _per_channel(pivot, x.ndim)
+    shift = _channel_sums(xhat) / m
     xhat -= _per_channel(shift, x.ndim)
     mean = pivot + shift
-    var = np.mean(np.square(xhat), axis=axes, dtype=dtype)
+    var = _channel_dots(xhat, xhat) / m
     invstd = 1.0 / np.sqrt(var + dtype.type(eps))
     xhat *= _per_channel(invstd, x.ndim)
 
@@ -157,11 +164,25 @@ def batch_norm_forward(x, gamma=None, beta=None, eps=1e-5):
     return y.astype(x.dtype, copy=False), cache
 
 
+def _channel_sums(a):
+    """Per-channel sum over every axis but 1; ``np.einsum`` reduces without a temporary."""
+    n, c = a.shape[:2]
+    return np.einsum("ncl->c", a.reshape(n, c, -1))
+
+
+def _channel_dots(a, b):
+    """Per-channel sum of ``a * b`` over every axis but 1, without an array-sized temporary."""
+    n, c = a.shape[:2]
+    return np.einsum("ncl,ncl->c", a.reshape(n, c, -1), b.reshape(n, c, -1))
+
+
 def _affine(xhat, gamma, beta, dtype):
-    """gamma * xhat + beta, skipping the parts that are None."""
-    y = xhat if gamma is None else xhat * _per_channel(gamma, xhat.ndim)
+    """gamma * xhat + beta in a new array (never xhat itself, which the cache keeps)."""
+    if gamma is None:
+        return xhat.copy() if beta is None else xhat + _per_channel(beta.astype(dtype), xhat.ndim)
+    y = xhat * _per_channel(gamma, xhat.ndim)
     if beta is not None:
-        y = y + _per_channel(beta.astype(dtype, copy=False), xhat.ndim)
+        y += _per_channel(beta.astype(dtype, copy=False), xhat.ndim)
     return y
 
 
@@ -210,12 +231,10 @@ def batch_norm_backward(dy, cache):
         zeros = np.zeros(dy.shape[1], dtype)
         return dy.astype(cache.input_dtype), zeros, zeros.copy()
     dy = dy.astype(dtype, copy=False)
-    axes = _reduce_axes(dy.ndim)
     m = dy.size // dy.shape[1]
 
-    dbeta = dy.sum(axis=axes)
-    n, c = dy.shape[:2]
-    dgamma = np.einsum("ncl,ncl->c", dy.reshape(n, c, -1), xhat.reshape(n, c, -1))
+    dbeta = _channel_sums(dy)
+    dgamma = _channel_dots(dy, xhat)
     scale = invstd if gamma is None else gamma * invstd
     if not cache.training:
         dx = dy * _per_channel(scale, dy.ndim)

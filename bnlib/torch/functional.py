@@ -44,6 +44,20 @@ def _stats_dtype(dtype):
     return torch.float32 if dtype in _HALF else dtype
 
 
+def _sum_of_products(a, b):
+    """Per-channel sum of ``a * b`` over every dim but 1, without an input-sized temporary.
+
+    ``torch.linalg.vecdot`` reduces the product as it goes; ``(a * b).sum(dims)`` would first
+    write the whole product to memory. Non-contiguous layouts take the plain route.
+    """
+    if a.dim() == 2:
+        return torch.linalg.vecdot(a, b, dim=0)
+    if a.is_contiguous() and b.is_contiguous():
+        n, c = a.shape[:2]
+        return torch.linalg.vecdot(a.view(n, c, -1), b.view(n, c, -1), dim=2).sum(0)
+    return (a * b).sum(_reduce_dims(a.dim()))
+
+
 def _batch_stats(x):
     """Per-channel mean and biased variance by shifted data; also returns the centred input.
 
@@ -51,17 +65,27 @@ def _batch_stats(x):
     close, by Sterbenz's lemma), then ``mean = K + mean(x - K)`` and
     ``var = mean((x - mean)^2)`` (two passes). Neither ``E[x^2] - E[x]^2`` nor a plain mean
     survives a large offset: in float32 the mean of 1000 copies of 1e8 is off by 8.
+
+    Memory traffic is what costs (batch norm is memory-bound): the centred copy is written once
+    and then updated in place, and the sum of squares needs no temporary. Autograd can follow
+    every step (the in-place updates overwrite nothing a backward formula needs), which the
+    double backward relies on.
     """
     dims, ndim = _reduce_dims(x.dim()), x.dim()
+    m = x.numel() // x.shape[1]
     xs = x.to(_stats_dtype(x.dtype))
     pivot = xs[0].reshape(x.shape[1], -1)[:, 0]
     # An infinite pivot would turn its whole channel into inf - inf = nan; shift by 0 there,
-    # so that an inf gives mean inf and variance nan, as torch's kernel does.
-    pivot = torch.where(pivot.isfinite(), pivot, torch.zeros_like(pivot))
-    centred = xs - _per_channel(pivot, ndim)
+    # so that an inf gives mean inf and variance nan, as torch's kernel does. (nan_to_num
+    # also makes pivot a copy, not a view into xs, which is updated in place below.)
+    pivot = torch.nan_to_num(pivot, nan=0.0, posinf=0.0, neginf=0.0)
+    if xs is x:
+        centred = x - _per_channel(pivot, ndim)
+    else:  # xs is already a float32 copy of half-precision input
+        centred = xs.sub_(_per_channel(pivot, ndim))
     shift = centred.mean(dims)
-    centred = centred - _per_channel(shift, ndim)
-    var = (centred * centred).mean(dims)
+    centred.sub_(_per_channel(shift, ndim))
+    var = _sum_of_products(centred, centred) / m
     return pivot + shift, var, centred
 
 
@@ -90,20 +114,50 @@ class _BatchNormTraining(torch.autograd.Function):
             # that the second derivative sees how they depend on x.
             mean, var, _ = _batch_stats(x)
             invstd = torch.rsqrt(var + ctx.eps)
-        ndim, dims = x.dim(), _reduce_dims(x.dim())
-        m = x.numel() // x.shape[1]
-        xhat = (x.to(mean.dtype) - _per_channel(mean, ndim)) * _per_channel(invstd, ndim)
-        dy = dy.to(mean.dtype)
-        dbeta = dy.sum(dims)
-        dgamma = (dy * xhat).sum(dims)
-        scale = invstd if weight is None else invstd * weight.to(invstd.dtype)
-        # dx = scale * (dy - mean(dy) - xhat * mean(dy * xhat)): the batch mean and variance
-        # depend on every input, which removes the mean and the projection onto xhat.
-        dx = (dy - _per_channel(dbeta / m, ndim) - xhat * _per_channel(dgamma / m, ndim))
-        dx = dx * _per_channel(scale, ndim)
+            dx, dgamma, dbeta = _backward_differentiable(x, dy, weight, mean, invstd)
+        else:
+            dx, dgamma, dbeta = _backward_in_place(x, dy, weight, mean, invstd)
         dweight = dgamma.to(weight.dtype) if ctx.needs_input_grad[1] else None
         dbias = dbeta.to(ctx.bias_dtype) if ctx.needs_input_grad[2] else None
         return dx.to(x.dtype), dweight, dbias, None
+
+
+def _backward_differentiable(x, dy, weight, mean, invstd):
+    """The closed form, out of place, so that autograd can differentiate it again.
+
+    dx = scale * (dy - mean(dy) - xhat * mean(dy * xhat)): the batch mean and variance depend
+    on every input, which removes the mean and the projection onto xhat.
+    """
+    ndim, dims = x.dim(), _reduce_dims(x.dim())
+    m = x.numel() // x.shape[1]
+    xhat = (x.to(mean.dtype) - _per_channel(mean, ndim)) * _per_channel(invstd, ndim)
+    dy = dy.to(mean.dtype)
+    dbeta = dy.sum(dims)
+    dgamma = _sum_of_products(dy, xhat)
+    scale = invstd if weight is None else invstd * weight.to(invstd.dtype)
+    dx = dy - _per_channel(dbeta / m, ndim) - xhat * _per_channel(dgamma / m, ndim)
+    return dx * _per_channel(scale, ndim), dgamma, dbeta
+
+
+def _backward_in_place(x, dy, weight, mean, invstd):
+    """The same closed form in one fresh buffer, as ``xhat * a + b + dy * scale``.
+
+    With a = -scale * mean(dy * xhat) and b = -scale * mean(dy) per channel: five passes over
+    memory and one allocation, instead of a temporary for every operation.
+    """
+    ndim, dims = x.dim(), _reduce_dims(x.dim())
+    m = x.numel() // x.shape[1]
+    xs = x.to(mean.dtype)
+    xhat = x - _per_channel(mean, ndim) if xs is x else xs.sub_(_per_channel(mean, ndim))
+    xhat.mul_(_per_channel(invstd, ndim))
+    dy = dy.to(mean.dtype)
+    dbeta = dy.sum(dims)
+    dgamma = _sum_of_products(dy, xhat)
+    scale = invstd if weight is None else invstd * weight.to(invstd.dtype)
+    dx = xhat.mul_(_per_channel(-scale * dgamma / m, ndim))
+    dx.add_(_per_channel(-scale * dbeta / m, ndim))
+    dx.addcmul_(dy, _per_channel(scale, ndim))
+    return dx, dgamma, dbeta
 
 
 def _check_tensor(name, t, x, num_channels):
