@@ -113,6 +113,11 @@ def _numpy_forward_backward(x, gamma, beta, dy):
     return bnp.batch_norm_backward(dy, cache)
 
 
+def _numpy_staged_forward_backward(x, gamma, beta, dy):
+    y, cache = bnp.batch_norm_forward_staged(x, gamma, beta)
+    return bnp.batch_norm_backward_staged(dy, cache)
+
+
 def _summary(samples):
     return {"median": statistics.median(samples), "min": min(samples), "max": max(samples)}
 
@@ -139,10 +144,13 @@ def bench_shape(shape, dtype, device, samples, warmup, compiled=False, with_nump
     x_np, dy_np = x.float().cpu().numpy(), dy.float().cpu().numpy()
     g_np, b_np = np.ones(c, np.float32), np.zeros(c, np.float32)
     numpy_ok = with_numpy and device.type == "cpu" and dtype == torch.float32
+    numpy_passes = {"NumPy closed form": (bnp.batch_norm_forward, _numpy_forward_backward),
+                    "NumPy staged": (bnp.batch_norm_forward_staged, _numpy_staged_forward_backward)}
     if numpy_ok:
-        calls["NumPy closed form|forward"] = lambda: bnp.batch_norm_forward(x_np, g_np, b_np)
-        calls["NumPy closed form|forward+backward"] = (
-            lambda: _numpy_forward_backward(x_np, g_np, b_np, dy_np))
+        for name, (forward, forward_backward) in numpy_passes.items():
+            calls[f"{name}|forward"] = lambda f=forward: f(x_np, g_np, b_np)
+            calls[f"{name}|forward+backward"] = (
+                lambda f=forward_backward: f(x_np, g_np, b_np, dy_np))
 
     times = _interleaved(calls, samples, warmup, device)
     copy_bw = 2 * nbytes / statistics.median(times["copy"])
@@ -160,9 +168,9 @@ def bench_shape(shape, dtype, device, samples, warmup, compiled=False, with_nump
                "fraction_of_copy_bandwidth": compulsory / statistics.median(samples_) / copy_bw}
         if pass_ == "forward+backward" and name in impls:
             row["saved_bytes_ratio"] = saved_bytes(impls[name], x_grad, weight, bias) / nbytes
-        if pass_ == "forward+backward" and name.startswith("NumPy"):
+        if pass_ == "forward+backward" and name in numpy_passes:
             row["peak_bytes_ratio"] = numpy_peak_bytes(
-                _numpy_forward_backward, x_np, g_np, b_np, dy_np) / nbytes
+                numpy_passes[name][1], x_np, g_np, b_np, dy_np) / nbytes
         result["rows"].append(row)
     return result
 

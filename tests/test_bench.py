@@ -12,7 +12,8 @@ def test_quick_benchmark_reports_every_implementation_and_pass(tmp_path, capsys)
     assert "ratio" in capsys.readouterr().out
     for shape in results["shapes"]:
         rows = {(r["implementation"], r["pass"]): r for r in shape["rows"]}
-        for name in ("torch native", "bnlib.torch", "plain ops + autograd", "NumPy closed form"):
+        for name in ("torch native", "bnlib.torch", "plain ops + autograd", "NumPy closed form",
+                     "NumPy staged"):
             for pass_ in ("forward", "forward+backward"):
                 row = rows[(name, pass_)]
                 assert row["seconds"]["min"] > 0 and row["fraction_of_copy_bandwidth"] > 0
@@ -20,3 +21,6 @@ def test_quick_benchmark_reports_every_implementation_and_pass(tmp_path, capsys)
         # Memory is deterministic: bnlib's backward keeps x and per-channel vectors only.
         assert rows[("bnlib.torch", "forward+backward")]["saved_bytes_ratio"] <= 1.1
         assert rows[("plain ops + autograd", "forward+backward")]["saved_bytes_ratio"] >= 2
+        staged, closed = (rows[(n, "forward+backward")]["peak_bytes_ratio"]
+                          for n in ("NumPy staged", "NumPy closed form"))
+        assert staged > closed
