@@ -5,6 +5,7 @@ the test split every ``eval_every`` steps. The loop stops at the first non-finit
 marks the run as diverged, so learning-rate sweeps can count failures.
 """
 
+import numbers
 import random
 from dataclasses import dataclass, field
 
@@ -59,7 +60,7 @@ def evaluate(model, x, y):
 
 
 def train(model, data, steps, batch_size=60, lr=0.1, momentum=0.0, weight_decay=0.0,
-          eval_every=100, seed=0, on_step=None):
+          eval_every=100, seed=0, on_step=None, eval_steps=None):
     """Train ``model`` with mini-batch SGD on cross-entropy; return a :class:`History`.
 
     Args:
@@ -72,7 +73,20 @@ def train(model, data, steps, batch_size=60, lr=0.1, momentum=0.0, weight_decay=
         seed: seeds the order of the mini-batches (not the model's initialization).
         on_step: optional ``callback(step, model)`` called after every step, e.g. to record
             activation statistics.
+        eval_steps: optional steps at which to measure the test accuracy instead of every
+            ``eval_every`` steps, e.g. dense early and sparse later; the last step is always
+            measured.
+
+    Raises:
+        ValueError: an entry of ``eval_steps`` that is not an int in [0, steps].
     """
+    if eval_steps is not None:
+        eval_steps = list(eval_steps)
+        bad = [s for s in eval_steps if isinstance(s, bool) or not isinstance(s, numbers.Integral)
+               or not 0 <= s <= steps]
+        if bad:
+            raise ValueError(f"eval_steps must be ints in [0, steps={steps}], got {bad[:5]}")
+        eval_steps = {int(s) for s in eval_steps}
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum,
                                 weight_decay=weight_decay)
     gen = torch.Generator().manual_seed(seed)
@@ -81,7 +95,8 @@ def train(model, data, steps, batch_size=60, lr=0.1, momentum=0.0, weight_decay=
     order, cursor = torch.randperm(n, generator=gen), 0
     model.train()
     for step in range(steps + 1):
-        if step % eval_every == 0 or step == steps:
+        due = step % eval_every == 0 if eval_steps is None else step in eval_steps
+        if due or step == steps:
             history.steps.append(step)
             history.test_accuracy.append(evaluate(model, data.x_test, data.y_test))
         if step == steps:
