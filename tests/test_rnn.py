@@ -1,0 +1,83 @@
+"""bnlib.rnn: batch norm inside a recurrence (per-step and shared statistics), and the recurrent classifier."""
+
+import pytest
+import torch
+
+from bnlib import torch as bnt
+from bnlib.rnn import RecurrentBatchNorm, RecurrentClassifier
+from reference import TOL, rel_err
+
+
+def _inputs(steps, gen):
+    return [torch.randn(8, 3, generator=gen, dtype=torch.float64) * (t + 1) + t for t in range(steps)]
+
+
+def test_training_uses_batch_statistics_and_updates_both_sets_of_running_statistics():
+    gen = torch.Generator().manual_seed(0)
+    rbn = RecurrentBatchNorm(3, max_steps=2, momentum=0.2).double()
+    shared = torch.nn.BatchNorm1d(3, momentum=0.2, dtype=torch.float64)  # one module, every step
+    per_step = [torch.nn.BatchNorm1d(3, momentum=0.2, dtype=torch.float64) for _ in range(2)]
+    for xs in (_inputs(4, gen), _inputs(3, gen)):
+        for t, x in enumerate(xs):
+            y = rbn(x, t)
+            assert rel_err(y, shared(x)) <= TOL  # gamma = 1, beta = 0: plain batch statistics
+            per_step[min(t, 1)](x)  # steps beyond max_steps use the last step's statistics
+    assert rel_err(rbn.shared_mean, shared.running_mean) <= TOL
+    assert rel_err(rbn.shared_var, shared.running_var) <= TOL
+    for s in range(2):
+        assert rel_err(rbn.running_mean[s], per_step[s].running_mean) <= TOL
+        assert rel_err(rbn.running_var[s], per_step[s].running_var) <= TOL
+
+
+def test_eval_uses_the_chosen_statistics():
+    gen = torch.Generator().manual_seed(1)
+    rbn = RecurrentBatchNorm(3, max_steps=2).double()
+    for t, x in enumerate(_inputs(3, gen)):
+        rbn(x, t)
+    rbn.eval()
+    x = torch.randn(5, 3, generator=gen, dtype=torch.float64)
+    rbn.statistics = "per_step"
+    want = bnt.batch_norm(x, rbn.running_mean[1], rbn.running_var[1], rbn.weight, rbn.bias)
+    assert rel_err(rbn(x, 7), want) <= TOL
+    rbn.statistics = "shared"
+    want = bnt.batch_norm(x, rbn.shared_mean, rbn.shared_var, rbn.weight, rbn.bias)
+    assert rel_err(rbn(x, 0), want) <= TOL
+    rbn.statistics = "batch"
+    assert rel_err(rbn(x, 0), bnt.batch_norm(x, None, None, rbn.weight, rbn.bias, training=True)) <= TOL
+    rbn.statistics = "median"
+    with pytest.raises(ValueError, match="statistics must be one of"):
+        rbn(x, 0)
+
+
+def test_classifier_is_the_elman_recurrence_it_documents():
+    torch.manual_seed(0)
+    model = RecurrentClassifier(1, 5, 3, norm="layer", chunk=2).double()
+    x = torch.randn(4, 6, dtype=torch.float64)
+    steps = x.reshape(4, 3, 2)
+    h = torch.zeros(4, 5, dtype=torch.float64)
+    for t in range(3):
+        a = steps[:, t] @ model.input.weight.T + h @ model.recurrent.weight.T
+        h = torch.tanh(torch.nn.functional.layer_norm(a, (5,), model.norm.weight, model.norm.bias))
+    logits, states = model(x, return_states=True)
+    assert rel_err(logits, model.output(h)) <= TOL
+    assert states.shape == (4, 3, 5)
+
+
+@pytest.mark.parametrize("norm", [None, "layer", "batch"])
+def test_classifier_accepts_sequences_longer_than_max_steps(norm):
+    model = RecurrentClassifier(2, 8, 4, norm=norm, max_steps=3)
+    model(torch.randn(6, 3, 2))
+    assert model.eval()(torch.randn(2, 9, 2)).shape == (2, 4)
+
+
+@pytest.mark.parametrize("call,exc,message", [
+    (lambda: RecurrentClassifier(1, 4, 2, norm="group"), ValueError, "norm must be"),
+    (lambda: RecurrentClassifier(1, 4, 2, norm="batch"), ValueError, "needs max_steps"),
+    (lambda: RecurrentClassifier(1, 4, 2, chunk=4)(torch.ones(2, 6)), ValueError,
+     "does not split into steps of 4"),
+    (lambda: RecurrentBatchNorm(4, max_steps=0), ValueError, "max_steps"),
+    (lambda: RecurrentBatchNorm(4, max_steps=2, momentum=None), ValueError, "momentum"),
+], ids=["norm", "max-steps", "chunk", "rbn-steps", "rbn-momentum"])
+def test_bad_settings_raise_a_clear_error(call, exc, message):
+    with pytest.raises(exc, match=message):
+        call()
