@@ -50,13 +50,19 @@ class History:
 
 @torch.no_grad()
 def evaluate(model, x, y):
-    """Accuracy of ``model`` on (x, y) in eval mode; the model's mode is restored afterwards."""
-    was_training = model.training
+    """Accuracy of ``model`` on (x, y) in eval mode.
+
+    Afterwards every submodule gets back its own mode, so a batch-norm layer kept in eval mode
+    inside a training model (frozen statistics) stays frozen; ``model.train(was_training)``
+    would switch it back to training mode.
+    """
+    modes = [(module, module.training) for module in model.modules()]
     model.eval()
     try:
         return float((model(x).argmax(dim=1) == y).float().mean())
     finally:
-        model.train(was_training)
+        for module, training in modes:
+            module.training = training
 
 
 def train(model, data, steps, batch_size=60, lr=0.1, momentum=0.0, weight_decay=0.0,

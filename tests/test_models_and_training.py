@@ -61,12 +61,14 @@ def test_a_huge_learning_rate_is_reported_as_divergence():
     assert h.steps == sorted(set(h.steps))
 
 
-def test_evaluate_restores_the_training_mode():
+def test_evaluate_restores_every_module_s_own_mode():
     net = models.mlp(64, [8], 10, norm=bnt.BatchNorm1d)
     d = data.load_digits()
     net.train()
+    net[0].norm.eval()  # frozen statistics inside a training model
     training.evaluate(net, d.x_test, d.y_test)
-    assert net.training
+    assert net.training and net[0].linear.training
+    assert not net[0].norm.training
 
 
 def test_mean_and_spread():
