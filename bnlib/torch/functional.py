@@ -245,14 +245,26 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
 
 
 def _normalize_fixed(x, mean, var, weight, bias, eps):
-    """Eval mode: a per-channel affine map, differentiable by autograd (also twice)."""
+    """Eval mode: a per-channel affine map, differentiable by autograd (also twice).
+
+    When autograd needs none of the intermediate values (inference), the same operations run
+    in place in one buffer: the same numbers, without two extra input-sized allocations.
+    """
     dtype, ndim = _stats_dtype(x.dtype), x.dim()
     scale = torch.rsqrt(var.to(dtype) + eps)
     if weight is not None:
         scale = scale * weight.to(dtype)
     # Subtract the mean before scaling: x * scale + (bias - mean * scale) loses digits when
     # the mean is large.
-    y = (x.to(dtype) - _per_channel(mean.to(dtype), ndim)) * _per_channel(scale, ndim)
-    if bias is not None:
-        y = y + _per_channel(bias.to(dtype), ndim)
+    y = x.to(dtype) - _per_channel(mean.to(dtype), ndim)
+    tracked = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (x, weight, bias))
+    if tracked:
+        y = y * _per_channel(scale, ndim)
+        if bias is not None:
+            y = y + _per_channel(bias.to(dtype), ndim)
+    else:
+        y.mul_(_per_channel(scale, ndim))
+        if bias is not None:
+            y.add_(_per_channel(bias.to(dtype), ndim))
     return y.to(x.dtype)
