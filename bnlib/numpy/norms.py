@@ -28,7 +28,7 @@ from .functional import BatchNormCache, batch_norm_backward, batch_norm_forward
 
 
 class NormCache(NamedTuple):
-    """What :func:`layer_norm_backward` / :func:`group_norm_backward` need.
+    """What :func:`bnlib.numpy.layer_norm_backward` / :func:`bnlib.numpy.group_norm_backward` need.
 
     Attributes:
         rows: the batch-norm cache of the (K, R) transposed matrix (K values per set).

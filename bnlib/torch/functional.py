@@ -177,7 +177,7 @@ def _check_tensor(name, t, x, num_channels):
 
 
 def check_arguments(x, running_mean, running_var, weight, bias, training, momentum, eps):
-    """Raise the documented error for any bad argument of :func:`batch_norm`; change nothing."""
+    """Raise the documented error for any bad argument of :func:`bnlib.torch.batch_norm`; change nothing."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
     _checks.check_float_dtype("input", x.is_floating_point(), x.dtype)
