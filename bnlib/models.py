@@ -8,6 +8,22 @@ ACTIVATIONS = {"relu": torch.nn.ReLU, "sigmoid": torch.nn.Sigmoid, "tanh": torch
                "identity": torch.nn.Identity}
 
 
+def _block(name, layer, width, norm, norm_position, act, tail_name, tail):
+    """``layer -> norm -> act`` (or ``layer -> act -> norm``), then ``tail`` unless None.
+
+    A Sequential whose children keep their names, so hooks can reach each part.
+    """
+    parts = OrderedDict([(name, layer)])
+    if norm is not None and norm_position == "before":
+        parts["norm"] = norm(width)
+    parts["act"] = act()
+    if norm is not None and norm_position == "after":
+        parts["norm"] = norm(width)
+    if tail is not None:
+        parts[tail_name] = tail
+    return torch.nn.Sequential(parts)
+
+
 def mlp(in_features, hidden, out_features, activation="relu", norm=None,
         norm_position="before", init_std=None, dropout=0.0):
     """A fully connected network: ``[Linear -> norm -> activation] * len(hidden) -> Linear``.
@@ -43,15 +59,9 @@ def mlp(in_features, hidden, out_features, activation="relu", norm=None,
     act = ACTIVATIONS[activation] if isinstance(activation, str) else activation
     layers, width = [], in_features
     for h in hidden:
-        parts = OrderedDict(linear=torch.nn.Linear(width, h, bias=norm is None or norm_position == "after"))
-        if norm is not None and norm_position == "before":
-            parts["norm"] = norm(h)
-        parts["act"] = act()
-        if norm is not None and norm_position == "after":
-            parts["norm"] = norm(h)
-        if dropout > 0:
-            parts["dropout"] = torch.nn.Dropout(dropout)
-        layers.append(torch.nn.Sequential(parts))
+        linear = torch.nn.Linear(width, h, bias=norm is None or norm_position == "after")
+        layers.append(_block("linear", linear, h, norm, norm_position, act,
+                             "dropout", torch.nn.Dropout(dropout) if dropout > 0 else None))
         width = h
     layers.append(torch.nn.Linear(width, out_features))
     model = torch.nn.Sequential(*layers)
@@ -126,16 +136,9 @@ def cnn(in_channels, channels, num_classes, activation="relu", norm=None,
     blocks, width = [], in_channels
     for c in channels:
         has_bias = norm is None or norm_position == "after"
-        parts = OrderedDict(conv=torch.nn.Conv2d(width, c, kernel_size, padding=kernel_size // 2,
-                                                 bias=has_bias))
-        if norm is not None and norm_position == "before":
-            parts["norm"] = norm(c)
-        parts["act"] = act()
-        if norm is not None and norm_position == "after":
-            parts["norm"] = norm(c)
-        if pool > 1:
-            parts["pool"] = torch.nn.MaxPool2d(pool)
-        blocks.append(torch.nn.Sequential(parts))
+        conv = torch.nn.Conv2d(width, c, kernel_size, padding=kernel_size // 2, bias=has_bias)
+        blocks.append(_block("conv", conv, c, norm, norm_position, act,
+                             "pool", torch.nn.MaxPool2d(pool) if pool > 1 else None))
         width = c
     if image_size is None:
         head = OrderedDict(gap=torch.nn.AdaptiveAvgPool2d(1), flatten=torch.nn.Flatten(),

@@ -9,7 +9,25 @@ from .functional import (_as_float_array, batch_norm_backward, batch_norm_forwar
 _STATE_KEYS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 
 
-class BatchNorm:
+class _Layer:
+    """What the NumPy layers share: a training flag, ``train()``/``eval()``, call = forward."""
+
+    training = True
+
+    def train(self, mode=True):
+        """Set training mode (``mode=True``) or eval mode. Returns self."""
+        self.training = bool(mode)
+        return self
+
+    def eval(self):
+        """Set eval mode: same as ``train(False)``. Returns self."""
+        return self.train(False)
+
+    def __call__(self, x):
+        return self.forward(x)
+
+
+class BatchNorm(_Layer):
     """Batch normalization over dim 1 of an ``(N, C, *)`` input, with running statistics.
 
     The NumPy twin of ``torch.nn.BatchNorm1d/2d/3d`` (one class serves every rank).
@@ -78,18 +96,6 @@ class BatchNorm:
             self.running_mean = self.running_var = self.num_batches_tracked = None
         self.training = True
         self._cache = None
-
-    def train(self, mode=True):
-        """Set training mode (batch statistics, running statistics updated). Returns self."""
-        self.training = bool(mode)
-        return self
-
-    def eval(self):
-        """Set eval mode (running statistics used, nothing updated). Returns self."""
-        return self.train(False)
-
-    def __call__(self, x):
-        return self.forward(x)
 
     def forward(self, x):
         """Normalize x of shape ``(N, C, *)``; see the class docstring for the two modes.

@@ -25,6 +25,7 @@ import numpy as np
 
 from .. import _checks
 from .functional import BatchNormCache, batch_norm_backward, batch_norm_forward
+from .layer import _Layer
 
 
 class NormCache(NamedTuple):
@@ -228,7 +229,7 @@ def group_norm_backward(dy, cache):
     return _norm_backward(dy, cache)
 
 
-class _Norm:
+class _Norm(_Layer):
     """Parameters, state and backward shared by :class:`LayerNorm` and :class:`GroupNorm`."""
 
     def __init__(self, param_shape, eps, affine, bias, dtype):
@@ -238,20 +239,8 @@ class _Norm:
         _checks.check_float_dtype("dtype", np.issubdtype(self.dtype, np.floating), self.dtype)
         self.weight = np.ones(param_shape, self.dtype) if affine else None
         self.bias = np.zeros(param_shape, self.dtype) if affine and bias else None
-        self.training = True  # kept for a uniform interface: both modes compute the same
+        self.training = True  # a uniform interface: both modes compute the same here
         self._cache = None
-
-    def train(self, mode=True):
-        """Set the mode flag (the output does not depend on it). Returns self."""
-        self.training = bool(mode)
-        return self
-
-    def eval(self):
-        """Same as ``train(False)``. Returns self."""
-        return self.train(False)
-
-    def __call__(self, x):
-        return self.forward(x)
 
     def backward(self, dy):
         """Gradients of the last forward: ``(dx, dweight, dbias)`` (None where absent).
