@@ -141,3 +141,13 @@ def check_nonnegative(name, values):
         c = int(negative[0])
         more = f" (and {negative.size - 1} more channels)" if negative.size > 1 else ""
         raise ValueError(f"{name} must be >= 0, got {float(values[c])!r} for channel {c}{more}")
+
+
+def check_set_size(shape, set_size):
+    """LayerNorm/GroupNorm: each normalized set must hold more than one value."""
+    if set_size == 1:
+        raise ValueError(
+            f"each normalized set of input of shape {tuple(shape)} holds a single value: its "
+            f"normalized value is always 0 and the output would be beta whatever the input. "
+            f"Normalize over more values."
+        )

@@ -44,3 +44,17 @@ def torch_module_for(ndim):
     """The torch.nn class that accepts inputs of this rank."""
     return {2: torch.nn.BatchNorm1d, 3: torch.nn.BatchNorm1d,
             4: torch.nn.BatchNorm2d, 5: torch.nn.BatchNorm3d}[ndim]
+
+
+def forward_backward(module, x, dy):
+    """One training step of a torch module: ``[y, dx, dweight, dbias]`` (None where absent).
+
+    The module's gradients are read, then cleared, so the next step starts from zero.
+    """
+    xi = torch.as_tensor(x).clone().requires_grad_()
+    y = module(xi)
+    y.backward(torch.as_tensor(dy))
+    grads = [None if p is None or p.grad is None else p.grad.clone()
+             for p in (module.weight, module.bias)]
+    module.zero_grad()
+    return [y, xi.grad, *grads]

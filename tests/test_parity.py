@@ -13,7 +13,7 @@ import torch
 
 from bnlib import numpy as bnp
 from bnlib import torch as bnt
-from reference import TOL, batch, dx_scale, rel_err, torch_module_for
+from reference import TOL, batch, dx_scale, forward_backward, rel_err, torch_module_for
 
 SHAPES = [(16, 5), (7, 4, 9), (4, 3, 6, 5), (2, 3, 2, 3, 4), (2, 6, 1)]
 MOMENTA = [0.1, 0.7, None]
@@ -28,13 +28,7 @@ class TorchCandidate:
         self.module = BNT_MODULES[ndim](**kw, dtype=torch.float64)
 
     def step(self, x, dy):
-        xt = torch.tensor(x, requires_grad=True)
-        y = self.module(xt)
-        y.backward(torch.tensor(dy))
-        grads = [None if p is None or p.grad is None else p.grad.clone()
-                 for p in (self.module.weight, self.module.bias)]
-        self.module.zero_grad()
-        return y, xt.grad, *grads
+        return forward_backward(self.module, x, dy)
 
     def state(self):
         return self.module.state_dict()
@@ -52,15 +46,6 @@ class NumpyCandidate:
 
     def state(self):
         return self.module.state_dict()
-
-
-def reference_step(module, x, dy):
-    xt = torch.tensor(x, requires_grad=True)
-    y = module(xt)
-    y.backward(torch.tensor(dy))
-    grads = [None if p is None else p.grad.clone() for p in (module.weight, module.bias)]
-    module.zero_grad()
-    return y, xt.grad, *grads
 
 
 def assert_step_matches(got, want, what, dx_terms):
@@ -102,7 +87,7 @@ def test_training_then_eval_matches_torch_nn(candidate, shape, momentum, affine,
             x, dy = batch(rng, shape), rng.normal(size=shape)
             what = f"{mode} step {i}"
             gamma = ref.weight.detach().numpy() if affine else None
-            assert_step_matches(ours.step(x, dy), reference_step(ref, x, dy), what,
+            assert_step_matches(ours.step(x, dy), forward_backward(ref, x, dy), what,
                                 dx_terms=dx_scale(x, dy, gamma))
             assert_state_matches(ours.state(), ref.state_dict(), what)
 
@@ -164,13 +149,7 @@ def test_module_on_device_matches_torch_nn_on_the_same_device(device):
         for _ in range(steps):
             x = torch.tensor(batch(rng, (8, 4, 5, 5)), device=device)
             dy = torch.tensor(rng.normal(size=(8, 4, 5, 5)), device=device)
-            results = []
-            for module in (ref, ours):
-                xi = x.clone().requires_grad_()
-                y = module(xi)
-                y.backward(dy)
-                results.append([y, xi.grad, module.weight.grad.clone(), module.bias.grad.clone()])
-                module.zero_grad()
-            for got, want in zip(results[1], results[0]):
+            expected, actual = (forward_backward(module, x, dy) for module in (ref, ours))
+            for got, want in zip(actual, expected):
                 assert got.device.type == device and rel_err(got, want) <= TOL
             assert_state_matches(ours.state_dict(), ref.state_dict(), f"{device} training={training}")

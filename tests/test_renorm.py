@@ -7,7 +7,7 @@ import torch
 
 from bnlib import torch as bnt
 from bnlib.torch.renorm import renorm_corrections
-from reference import TOL, rel_err
+from reference import TOL, forward_backward, rel_err
 
 
 def paper_algorithm_1(x, gamma, beta, mu, sigma, r_max, d_max, eps):
@@ -83,13 +83,7 @@ def test_with_r_max_1_and_d_max_0_it_is_batch_norm():
     for step in range(3):
         x = torch.randn(5, 4, 3, 3, generator=gen, dtype=torch.float64) * 3 + step
         dy = torch.randn(x.shape, generator=gen, dtype=torch.float64)
-        outs = []
-        for module in (brn, bn):
-            xi = x.clone().requires_grad_()
-            y = module(xi)
-            y.backward(dy)
-            outs.append([y, xi.grad, module.weight.grad.clone(), module.bias.grad.clone()])
-            module.zero_grad()
+        outs = [forward_backward(module, x, dy) for module in (brn, bn)]
         for got, want in zip(*outs):
             assert rel_err(got, want) <= TOL
     for key, value in bn.state_dict().items():

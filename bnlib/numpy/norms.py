@@ -52,12 +52,7 @@ class NormCache(NamedTuple):
 
 def _normalize_sets(x, set_size, eps):
     """Normalize x in consecutive (C-order) sets of ``set_size`` values: (xhat, rows cache)."""
-    if set_size == 1:
-        raise ValueError(
-            f"each normalized set of input of shape {x.shape} holds a single value: its "
-            f"normalized value is always 0 and the output would be beta whatever the input. "
-            f"Normalize over more values."
-        )
+    _checks.check_set_size(x.shape, set_size)
     rows = x.reshape(-1, set_size)  # (R, K): one set per row
     _, cache = batch_norm_forward(rows.T, eps=eps)  # the transpose has one set per column
     return cache.xhat.T.reshape(x.shape), cache

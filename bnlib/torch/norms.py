@@ -24,12 +24,7 @@ _HALF = (torch.float16, torch.bfloat16)
 
 def _normalize_sets(x, set_size, eps):
     """Standardize x in consecutive (row-major) sets of ``set_size`` values (batch norm of the transpose)."""
-    if set_size == 1:
-        raise ValueError(
-            f"each normalized set of input of shape {tuple(x.shape)} holds a single value: its "
-            f"normalized value is always 0 and the output would be beta whatever the input. "
-            f"Normalize over more values."
-        )
+    _checks.check_set_size(x.shape, set_size)
     if x.numel() == 0:
         return x.clone()
     columns = x.reshape(-1, set_size).t()  # (K, R): one set per column
