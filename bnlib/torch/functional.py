@@ -2,8 +2,9 @@
 
 Training mode runs an ``autograd.Function`` whose backward is the hand-derived closed form
 (the same formula as :func:`bnlib.numpy.batch_norm_backward`). It saves only the input and
-two per-channel vectors. Its backward is itself written in differentiable torch operations,
-so double backward (``create_graph=True``, ``gradgradcheck``) works. Eval mode is a fixed
+two per-channel vectors; forward and backward are memory-lean kernels (:mod:`._kernels`).
+When a graph of the backward is requested (``create_graph=True``, ``gradgradcheck``) the same
+formula runs as differentiable torch operations, so double backward works. Eval mode is a fixed
 per-channel affine map made of plain torch operations.
 
 Conventions (identical to ``torch.nn.functional.batch_norm``):
@@ -25,81 +26,45 @@ Conventions (identical to ``torch.nn.functional.batch_norm``):
 import torch
 
 from .. import _checks
+from . import _kernels
+from ._reductions import per_channel, pivot, reduce_dims, stats_dtype, sum_of_products
 
 _HALF = (torch.float16, torch.bfloat16)
 
 
-def _reduce_dims(ndim):
-    """All dims but the channel dim 1."""
-    return [0] + list(range(2, ndim))
-
-
-def _per_channel(v, ndim):
-    """View a (C,) vector as (1, C, 1, ...) to broadcast against ``(N, C, *)``."""
-    return v.view([1, -1] + [1] * (ndim - 2))
-
-
-def _stats_dtype(dtype):
-    """Statistics are accumulated in float32 for half-precision input."""
-    return torch.float32 if dtype in _HALF else dtype
-
-
-def _sum_of_products(a, b):
-    """Per-channel sum of ``a * b`` over every dim but 1, without an input-sized temporary.
-
-    ``torch.linalg.vecdot`` reduces the product as it goes; ``(a * b).sum(dims)`` would first
-    write the whole product to memory. Non-contiguous layouts take the plain route.
-    """
-    if a.dim() == 2:
-        return torch.linalg.vecdot(a, b, dim=0)
-    if a.is_contiguous() and b.is_contiguous():
-        n, c = a.shape[:2]
-        return torch.linalg.vecdot(a.view(n, c, -1), b.view(n, c, -1), dim=2).sum(0)
-    return (a * b).sum(_reduce_dims(a.dim()))
-
-
 def _batch_stats(x):
-    """Per-channel mean and biased variance by shifted data; also returns the centred input.
+    """Per-channel mean and biased variance by shifted data, two passes, tracked by autograd.
 
-    Each channel is first shifted by its first value K (``x - K`` is exact when the values are
-    close, by Sterbenz's lemma), then ``mean = K + mean(x - K)`` and
-    ``var = mean((x - mean)^2)`` (two passes). Neither ``E[x^2] - E[x]^2`` nor a plain mean
-    survives a large offset: in float32 the mean of 1000 copies of 1e8 is off by 8.
-
-    Memory traffic is what costs (batch norm is memory-bound): the centred copy is written once
-    and then updated in place, and the sum of squares needs no temporary. Autograd can follow
-    every step (the in-place updates overwrite nothing a backward formula needs), which the
-    double backward relies on.
+    Each channel is first shifted by a value K near its mean (:func:`._reductions.pivot`;
+    ``x - K`` is exact when the values are close, by Sterbenz's lemma), then
+    ``mean = K + mean(x - K)`` and ``var = mean((x - mean)^2)``. Neither ``E[x^2] - E[x]^2``
+    nor a plain mean survives a large offset: in float32 the mean of 1000 copies of 1e8 is
+    off by 8. Autograd can follow every step (K is a constant), which the double backward and
+    the variants built on these statistics (sync, renorm) rely on. Returns
+    ``mean, var, centred``.
     """
-    dims, ndim = _reduce_dims(x.dim()), x.dim()
+    dims, ndim = reduce_dims(x.dim()), x.dim()
     m = x.numel() // x.shape[1]
-    xs = x.to(_stats_dtype(x.dtype))
-    pivot = xs[0].reshape(x.shape[1], -1)[:, 0]
-    # An infinite pivot would turn its whole channel into inf - inf = nan; shift by 0 there,
-    # so that an inf gives mean inf and variance nan, as torch's kernel does. (nan_to_num
-    # also makes pivot a copy, not a view into xs, which is updated in place below.)
-    pivot = torch.nan_to_num(pivot, nan=0.0, posinf=0.0, neginf=0.0)
-    if xs is x:
-        centred = x - _per_channel(pivot, ndim)
-    else:  # xs is already a float32 copy of half-precision input
-        centred = xs.sub_(_per_channel(pivot, ndim))
+    xs = x.to(stats_dtype(x.dtype))
+    k = pivot(xs.detach())
+    centred = xs - per_channel(k, ndim)
     shift = centred.mean(dims)
-    centred.sub_(_per_channel(shift, ndim))
-    var = _sum_of_products(centred, centred) / m
-    return pivot + shift, var, centred
+    centred = centred - per_channel(shift, ndim)
+    var = sum_of_products(centred, centred) / m
+    return k + shift, var, centred
 
 
 class _BatchNormTraining(torch.autograd.Function):
-    """y = (x - mean) * invstd * weight + bias with the batch's own mean and invstd."""
+    """y = (x - mean) * invstd * weight + bias with the batch's own mean and invstd.
+
+    Forward and backward are the kernels of :mod:`._kernels` (two sweeps of cache-sized
+    blocks each; only the output is allocated at input size). Saved for backward: x and two
+    per-channel vectors.
+    """
 
     @staticmethod
     def forward(ctx, x, weight, bias, eps):
-        mean, var, centred = _batch_stats(x)
-        invstd = torch.rsqrt(var + eps)
-        scale = invstd if weight is None else invstd * weight.to(invstd.dtype)
-        y = centred.mul_(_per_channel(scale, x.dim()))
-        if bias is not None:
-            y.add_(_per_channel(bias.to(y.dtype), x.dim()))
+        y, mean, var, invstd = _kernels.forward(x, weight, bias, eps)
         ctx.save_for_backward(x, weight, mean, invstd)
         ctx.eps = eps
         ctx.bias_dtype = None if bias is None else bias.dtype
@@ -116,7 +81,7 @@ class _BatchNormTraining(torch.autograd.Function):
             invstd = torch.rsqrt(var + ctx.eps)
             dx, dgamma, dbeta = _backward_differentiable(x, dy, weight, mean, invstd)
         else:
-            dx, dgamma, dbeta = _backward_in_place(x, dy, weight, mean, invstd)
+            dx, dgamma, dbeta = _kernels.backward(x, dy, weight, mean, invstd)
         dweight = dgamma.to(weight.dtype) if ctx.needs_input_grad[1] else None
         dbias = dbeta.to(ctx.bias_dtype) if ctx.needs_input_grad[2] else None
         return dx.to(x.dtype), dweight, dbias, None
@@ -128,36 +93,15 @@ def _backward_differentiable(x, dy, weight, mean, invstd):
     dx = scale * (dy - mean(dy) - xhat * mean(dy * xhat)): the batch mean and variance depend
     on every input, which removes the mean and the projection onto xhat.
     """
-    ndim, dims = x.dim(), _reduce_dims(x.dim())
+    ndim, dims = x.dim(), reduce_dims(x.dim())
     m = x.numel() // x.shape[1]
-    xhat = (x.to(mean.dtype) - _per_channel(mean, ndim)) * _per_channel(invstd, ndim)
+    xhat = (x.to(mean.dtype) - per_channel(mean, ndim)) * per_channel(invstd, ndim)
     dy = dy.to(mean.dtype)
     dbeta = dy.sum(dims)
-    dgamma = _sum_of_products(dy, xhat)
+    dgamma = sum_of_products(dy, xhat)
     scale = invstd if weight is None else invstd * weight.to(invstd.dtype)
-    dx = dy - _per_channel(dbeta / m, ndim) - xhat * _per_channel(dgamma / m, ndim)
-    return dx * _per_channel(scale, ndim), dgamma, dbeta
-
-
-def _backward_in_place(x, dy, weight, mean, invstd):
-    """The same closed form in one fresh buffer, as ``xhat * a + b + dy * scale``.
-
-    With a = -scale * mean(dy * xhat) and b = -scale * mean(dy) per channel: five passes over
-    memory and one allocation, instead of a temporary for every operation.
-    """
-    ndim, dims = x.dim(), _reduce_dims(x.dim())
-    m = x.numel() // x.shape[1]
-    xs = x.to(mean.dtype)
-    xhat = x - _per_channel(mean, ndim) if xs is x else xs.sub_(_per_channel(mean, ndim))
-    xhat.mul_(_per_channel(invstd, ndim))
-    dy = dy.to(mean.dtype)
-    dbeta = dy.sum(dims)
-    dgamma = _sum_of_products(dy, xhat)
-    scale = invstd if weight is None else invstd * weight.to(invstd.dtype)
-    dx = xhat.mul_(_per_channel(-scale * dgamma / m, ndim))
-    dx.add_(_per_channel(-scale * dbeta / m, ndim))
-    dx.addcmul_(dy, _per_channel(scale, ndim))
-    return dx, dgamma, dbeta
+    dx = dy - per_channel(dbeta / m, ndim) - xhat * per_channel(dgamma / m, ndim)
+    return dx * per_channel(scale, ndim), dgamma, dbeta
 
 
 def _check_tensor(name, t, x, num_channels):
@@ -250,21 +194,21 @@ def _normalize_fixed(x, mean, var, weight, bias, eps):
     When autograd needs none of the intermediate values (inference), the same operations run
     in place in one buffer: the same numbers, without two extra input-sized allocations.
     """
-    dtype, ndim = _stats_dtype(x.dtype), x.dim()
+    dtype, ndim = stats_dtype(x.dtype), x.dim()
     scale = torch.rsqrt(var.to(dtype) + eps)
     if weight is not None:
         scale = scale * weight.to(dtype)
     # Subtract the mean before scaling: x * scale + (bias - mean * scale) loses digits when
     # the mean is large.
-    y = x.to(dtype) - _per_channel(mean.to(dtype), ndim)
+    y = x.to(dtype) - per_channel(mean.to(dtype), ndim)
     tracked = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x, weight, bias))
     if tracked:
-        y = y * _per_channel(scale, ndim)
+        y = y * per_channel(scale, ndim)
         if bias is not None:
-            y = y + _per_channel(bias.to(dtype), ndim)
+            y = y + per_channel(bias.to(dtype), ndim)
     else:
-        y.mul_(_per_channel(scale, ndim))
+        y.mul_(per_channel(scale, ndim))
         if bias is not None:
-            y.add_(_per_channel(bias.to(dtype), ndim))
+            y.add_(per_channel(bias.to(dtype), ndim))
     return y.to(x.dtype)

@@ -32,8 +32,8 @@ from torch.autograd.function import once_differentiable
 
 from .. import _checks
 from ._variant import BatchNormVariant
-from .functional import (_batch_stats, _check_tensor, _per_channel, _reduce_dims, _stats_dtype,
-                         batch_norm)
+from ._reductions import per_channel, reduce_dims, stats_dtype
+from .functional import _batch_stats, _check_tensor, batch_norm
 
 
 def _group_size(group):
@@ -75,7 +75,7 @@ class _SyncBatchNormFunction(torch.autograd.Function):
         if m > 0:
             mean, var, _ = _batch_stats(x)
         else:  # an empty shard still takes part in the collectives, with weight 0
-            mean = var = torch.zeros(c, dtype=_stats_dtype(x.dtype), device=x.device)
+            mean = var = torch.zeros(c, dtype=stats_dtype(x.dtype), device=x.device)
         # One float64 vector per process: [n, means, variances].
         local = torch.cat([torch.tensor([float(m)], dtype=torch.float64, device=x.device),
                            mean.to(torch.float64), var.to(torch.float64)])
@@ -88,12 +88,12 @@ class _SyncBatchNormFunction(torch.autograd.Function):
                 "expected more than 1 value per channel when training, got 1 over all processes: "
                 "the batch variance is 0 and every output equals beta")
         mean, var = combine_statistics(table[:, 0], table[:, 1:1 + c], table[:, 1 + c:])
-        mean, var = mean.to(_stats_dtype(x.dtype)), var.to(_stats_dtype(x.dtype))
+        mean, var = mean.to(stats_dtype(x.dtype)), var.to(stats_dtype(x.dtype))
         invstd = torch.rsqrt(var + eps)
         scale = invstd if weight is None else invstd * weight.to(invstd.dtype)
-        y = (x.to(mean.dtype) - _per_channel(mean, ndim)) * _per_channel(scale, ndim)
+        y = (x.to(mean.dtype) - per_channel(mean, ndim)) * per_channel(scale, ndim)
         if bias is not None:
-            y = y + _per_channel(bias.to(y.dtype), ndim)
+            y = y + per_channel(bias.to(y.dtype), ndim)
         ctx.save_for_backward(x, weight, mean, invstd)
         ctx.group, ctx.total = group, total
         ctx.bias_dtype = None if bias is None else bias.dtype
@@ -105,8 +105,8 @@ class _SyncBatchNormFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, dy, _dmean, _dvar, _dtotal):
         x, weight, mean, invstd = ctx.saved_tensors
-        ndim, dims = x.dim(), _reduce_dims(x.dim())
-        xhat = (x.to(mean.dtype) - _per_channel(mean, ndim)) * _per_channel(invstd, ndim)
+        ndim, dims = x.dim(), reduce_dims(x.dim())
+        xhat = (x.to(mean.dtype) - per_channel(mean, ndim)) * per_channel(invstd, ndim)
         dy = dy.to(mean.dtype)
         c = x.shape[1]
         if x.numel() > 0:
@@ -117,9 +117,9 @@ class _SyncBatchNormFunction(torch.autograd.Function):
         dist.all_reduce(local, op=dist.ReduceOp.SUM, group=ctx.group)
         sum_dy, sum_dy_xhat = local[:c], local[c:]
         scale = invstd if weight is None else invstd * weight.to(invstd.dtype)
-        dx = (dy - _per_channel(sum_dy / ctx.total, ndim)
-              - xhat * _per_channel(sum_dy_xhat / ctx.total, ndim))
-        dx = dx * _per_channel(scale, ndim)
+        dx = (dy - per_channel(sum_dy / ctx.total, ndim)
+              - xhat * per_channel(sum_dy_xhat / ctx.total, ndim))
+        dx = dx * per_channel(scale, ndim)
         dweight = dgamma.to(weight.dtype) if ctx.needs_input_grad[1] else None
         dbias = dbeta.to(ctx.bias_dtype) if ctx.needs_input_grad[2] else None
         return dx.to(x.dtype), dweight, dbias, None, None, None

@@ -1,0 +1,126 @@
+"""The training-mode forward and backward of ``bnlib.torch.batch_norm``, written for speed.
+
+Batch norm is memory-bound, so these kernels count trips to memory and input-sized
+allocations rather than arithmetic: only the output is allocated at input size, and every
+reduction but one reads memory without writing a temporary.
+
+Nothing here is tracked by autograd (``_BatchNormTraining`` calls these inside an
+``autograd.Function``); the differentiable formulas live in :mod:`.functional`.
+
+Conventions: statistics per channel over the m = N * prod(spatial) other values; **biased**
+variance; half-precision input is computed in float32.
+"""
+
+import torch
+
+from ._reductions import (add_up, blocks, per_channel, pivot, reduce_dims, row_sum_of_squares,
+                          stats_dtype)
+
+# The single-pass variance E[c^2] - E[c]^2 of centred data c loses about
+# log2(1 + E[c]^2 / var) bits; above this ratio the two-pass formula is used instead.
+MAX_SHIFT_RATIO = 4.0
+
+
+def _output(x):
+    """An uninitialized tensor like x in the statistics' dtype (float32 for half precision)."""
+    return torch.empty_like(x, dtype=stats_dtype(x.dtype))
+
+
+def _squares_in_place(c, dims):
+    """Per-channel sum of ``c ** 2``; returns ``(sum, kept)``.
+
+    On the row-norm route (:func:`._reductions.row_sum_of_squares`) c is only read
+    (kept=True). Otherwise c is squared in place and summed (kept=False): the caller
+    recomputes it, which costs one pass but no input-sized temporary.
+    """
+    s = row_sum_of_squares(c)
+    return (s, True) if s is not None else (c.mul_(c).sum(dims), False)
+
+
+def forward(x, weight, bias, eps, two_pass=False):
+    """y = (x - mean) * rsqrt(var + eps) * weight + bias with the batch's mean and variance.
+
+    ``c = x - K`` (K near the mean, :func:`._reductions.pivot`) is written into the output
+    buffer; one pass sums c and one sums c ** 2: ``shift = mean(c)``,
+    ``var = mean(c^2) - shift^2``, ``mean = K + shift``. Then
+    ``y = c * scale + (bias - shift * scale)`` in place. Five passes over memory (two more
+    where the sum of squares has to square c in place, see :func:`_squares_in_place`) and no
+    allocation but the output: a fresh input-sized temporary costs more than its arithmetic
+    (the first touch of each of its pages).
+
+    The single-pass variance loses digits when the shift is large next to the spread. Since K
+    is close to the mean this is rare (an outlier among the first values); whenever
+    ``shift^2 > MAX_SHIFT_RATIO * var`` in any channel (including var < 0 from rounding), the
+    variance is recomputed from ``x - mean`` (the two-pass formula). That test reads one value
+    back from the device, so CUDA tensors (and ``two_pass=True``) always take the two-pass
+    route: no host synchronization there.
+
+    Returns ``y, mean, var, invstd`` (y in the statistics' dtype; mean, var, invstd of shape
+    (C,)).
+    """
+    ndim, dims, m = x.dim(), reduce_dims(x.dim()), x.numel() // x.shape[1]
+    k = pivot(x)
+    c = torch.sub(x, per_channel(k, ndim), out=_output(x))
+    shift = c.sum(dims).div_(m)
+    single_pass = not two_pass and x.device.type == "cpu"
+    if single_pass:
+        squares, kept = _squares_in_place(c, dims)
+        var = squares.div_(m).sub_(shift * shift)
+        single_pass = not bool((shift * shift > MAX_SHIFT_RATIO * var).any())
+    mean = k.add_(shift)
+    if not single_pass:
+        c = torch.sub(x, per_channel(mean, ndim), out=c)
+        squares, kept = _squares_in_place(c, dims)
+        var = squares.div_(m)
+    # c holds x - (mean - shift) when it is kept from the single pass, else x - mean.
+    residual = shift if single_pass and kept else None
+    if not kept:
+        c = torch.sub(x, per_channel(mean, ndim), out=c)
+    invstd = torch.rsqrt(var + eps)
+    scale = invstd if weight is None else invstd * weight.to(invstd.dtype)
+    offset = None if bias is None else bias.to(scale.dtype)
+    if residual is not None:
+        offset = -residual * scale if offset is None else torch.addcmul(offset, residual, scale,
+                                                                        value=-1)
+    y = c.mul_(per_channel(scale, ndim))
+    if offset is not None:
+        y.add_(per_channel(offset, ndim))
+    return y, mean, var, invstd
+
+
+def backward(x, dy, weight, mean, invstd):
+    """dx, dgamma, dbeta of :func:`forward`, by the closed form.
+
+    With c = x - mean, ``dbeta = sum(dy)``, ``dgamma = invstd * sum(dy * c)`` and
+    ``dx = scale * (dy - dbeta / m - c * invstd^2 * sum(dy * c) / m)`` (scale = weight *
+    invstd): the batch mean and variance depend on every input, which removes the mean and
+    the projection onto xhat.
+
+    torch has no fused multiply-and-reduce for sum(dy * c), and an input-sized temporary for
+    the product costs more than its arithmetic. So sweep 1 walks over cache-sized blocks
+    (:func:`._reductions.blocks`): it writes c into a block-sized scratch buffer (dx itself
+    when there is one block), multiplies it by dy in place and sums, and sums dy. Sweep 2
+    writes ``dx = c * a + dy * scale + b`` block by block. x and dy are read twice and dx
+    written once, as by torch's own kernel, plus the passes over blocks that are in cache.
+    """
+    ndim, dims, m = x.dim(), reduce_dims(x.dim()), x.numel() // x.shape[1]
+    dx = _output(x)
+    parts = blocks(dx)
+    scratch = dx if len(parts) == 1 else torch.empty_like(dx[parts[0]])
+    dy = dy.to(mean.dtype)
+    centre = per_channel(mean, ndim)
+    dy_sums, products = [], []
+    for part in parts:
+        rows = x[part]
+        c = torch.sub(rows, centre, out=scratch[:rows.shape[0]])
+        dy_sums.append(dy[part].sum(dims))
+        products.append(c.mul_(dy[part]).sum(dims))
+    dbeta, dot = add_up(dy_sums), add_up(products)
+    scale = invstd if weight is None else invstd * weight.to(invstd.dtype)
+    a = per_channel(scale * invstd * invstd * dot / -m, ndim)
+    b = per_channel(scale * dbeta / -m, ndim)
+    scale_c = per_channel(scale, ndim)
+    for part in parts:
+        block = torch.sub(x[part], centre, out=dx[part])
+        block.mul_(a).addcmul_(dy[part], scale_c).add_(b)
+    return dx, dot.mul_(invstd), dbeta

@@ -1,0 +1,104 @@
+"""The speed-minded training kernels (bnlib.torch._kernels): every route they can take.
+
+The parity suite uses small inputs, which take the simplest route (one block, single-pass
+variance). These tests force the others: several blocks in the backward, the two-pass
+fallback of the variance, the row-norm and product routes of the sum of squares, and they
+bound the float32 error of the fast route against float64.
+"""
+
+import pytest
+import torch
+
+from bnlib import torch as bnt
+from bnlib.torch import _kernels, _reductions
+from reference import TOL, rel_err
+
+
+def _data(shape, dtype=torch.float64, seed=0, offset=0.0):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=gen, dtype=torch.float64) * 2 + offset
+    dy = torch.randn(shape, generator=gen, dtype=torch.float64)
+    c = shape[1]
+    weight = torch.rand(c, generator=gen, dtype=torch.float64) + 0.5
+    bias = torch.randn(c, generator=gen, dtype=torch.float64)
+    return [t.to(dtype) for t in (x, dy, weight, bias)]
+
+
+def _forward_backward(fn, x, dy, weight, bias):
+    x, weight, bias = (t.detach().clone().requires_grad_() for t in (x, weight, bias))
+    y = fn(x, None, None, weight, bias, True)
+    y.backward(dy)
+    return y.detach(), x.grad, weight.grad, bias.grad
+
+
+@pytest.mark.parametrize("shape", [(40, 8, 32, 32), (3000, 130), (9, 64, 7, 7, 7)])
+def test_several_blocks_match_torch_in_float64(shape):
+    x, dy, weight, bias = _data(shape)
+    assert len(_reductions.blocks(x)) > 2  # the blocked backward really runs
+    got = _forward_backward(bnt.batch_norm, x, dy, weight, bias)
+    want = _forward_backward(torch.nn.functional.batch_norm, x, dy, weight, bias)
+    for g, w, what in zip(got, want, ("y", "dx", "dweight", "dbias")):
+        assert rel_err(g, w) < TOL, what
+
+
+def test_blocks_cover_dim_0_once_in_order():
+    x = torch.empty(1000, 3, 50, 50)  # 30 KiB per sample: 17 samples per 512 KiB block
+    parts = _reductions.blocks(x)
+    rows = torch.arange(1000)
+    assert torch.equal(torch.cat([rows[p] for p in parts]), rows)
+    assert len(parts) == 59
+    assert _reductions.blocks(torch.empty(4, 3)) == [slice(None)]
+
+
+def _outlier_first_values(dtype):
+    """Channel 0 starts with 16 values of 50 among 4096 N(0, 1): the pivot is far from the mean."""
+    x, _, weight, bias = _data((4096, 3), dtype=torch.float64)
+    x[:16, 0] = 50.0
+    return x.to(dtype), weight.to(dtype), bias.to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_far_pivot_falls_back_to_the_two_pass_variance(dtype):
+    x, weight, bias = _outlier_first_values(dtype)
+    fast = _kernels.forward(x, weight, bias, 1e-5)
+    two_pass = _kernels.forward(x, weight, bias, 1e-5, two_pass=True)
+    for a, b in zip(fast, two_pass):  # the guard chose the two-pass route: identical bits
+        assert torch.equal(a, b)
+    ref = torch.nn.functional.batch_norm(x.double(), None, None, weight.double(),
+                                         bias.double(), True)
+    assert rel_err(fast[0].double(), ref) < (1e-6 if dtype == torch.float32 else TOL)
+
+
+def test_ordinary_data_takes_the_single_pass_route_and_agrees_with_two_pass():
+    x, _, weight, bias = _data((64, 16, 8, 8))
+    fast = _kernels.forward(x, weight, bias, 1e-5)
+    two_pass = _kernels.forward(x, weight, bias, 1e-5, two_pass=True)
+    assert not torch.equal(fast[2], two_pass[2])  # a different route (different rounding)...
+    for a, b in zip(fast, two_pass):  # ...to the same numbers
+        assert rel_err(a, b) < TOL
+
+
+@pytest.mark.parametrize("shape", [(8, 3, 2048), (8, 3, 1031), (8, 3, 7), (8, 3, 6, 40),
+                                   (300, 5)])
+def test_sum_of_squares_equals_the_plain_formula_on_every_route(shape):
+    # 2048 -> rows of 1024; 1031 is prime -> product route; 7 -> too short for rows.
+    c = torch.randn(shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    want = (c * c).sum(_reductions.reduce_dims(c.dim()))
+    assert rel_err(_reductions.sum_of_squares(c), want) < TOL
+    channels_last = c.unsqueeze(-1).contiguous(memory_format=torch.channels_last) \
+        if c.dim() == 3 else None
+    if channels_last is not None:
+        got = _reductions.sum_of_squares(channels_last)
+        assert rel_err(got, want) < TOL
+
+
+@pytest.mark.parametrize("offset", [0.0, 3.0, 100.0])
+def test_float32_error_of_the_fast_route_stays_at_rounding_level(offset):
+    """Against float64 on the same float32 values: output and gradients within a few ulps
+    (torch's own kernel: about 1e-7 relative here; the bound leaves a factor of ~10)."""
+    x, dy, weight, bias = _data((64, 16, 16, 16), dtype=torch.float32, offset=offset)
+    got = _forward_backward(bnt.batch_norm, x, dy, weight, bias)
+    want = _forward_backward(torch.nn.functional.batch_norm, *(t.double() for t in
+                                                               (x, dy, weight, bias)))
+    for g, w, what in zip(got, want, ("y", "dx", "dweight", "dbias")):
+        assert rel_err(g.double(), w) < 5e-6, (what, rel_err(g.double(), w))
