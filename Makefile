@@ -12,7 +12,7 @@ NOTEBOOKS := $(sort $(wildcard book/*.ipynb))
 # nbval must pass with one and with two threads (reductions can round differently).
 NBVAL_THREADS ?= 1 2
 
-.PHONY: setup book test unit notebooks site browser execute setup-cells clean
+.PHONY: setup book test unit notebooks site browser execute setup-cells clean test-compiled
 
 setup: $(STAMP)
 
@@ -35,6 +35,10 @@ test: unit notebooks site browser
 
 unit: setup
 	$(BIN)/python -m pytest tests --ignore=tests/site
+
+# The opt-in compiled path's parity tests (torch.compile: about a minute); not part of test.
+test-compiled: setup
+	BNLIB_TEST_COMPILED=1 $(BIN)/python -m pytest tests/test_compiled.py
 
 notebooks: setup
 	@for t in $(NBVAL_THREADS); do \

@@ -3,6 +3,7 @@
 >>> from bnlib import torch as bnt
 >>> y = bnt.batch_norm(x, running_mean, running_var, weight, bias, training=True)  # = F.batch_norm
 >>> bn = bnt.BatchNorm2d(16)                                                        # = nn.BatchNorm2d
+>>> y = bnt.batch_norm_compiled(x, None, None, weight, bias, training=True)  # opt-in, torch.compile
 
 >>> ln, gn = bnt.LayerNorm(64), bnt.GroupNorm(4, 16)   # = nn.LayerNorm, nn.GroupNorm
 >>> brn = bnt.BatchRenorm(16, r_max=3.0, d_max=5.0)    # Batch Renormalization
@@ -13,6 +14,7 @@ Requires torch >= 2.4.
 """
 
 from .functional import batch_norm
+from .compiled import batch_norm_compiled
 from .modules import BatchNorm1d, BatchNorm2d, BatchNorm3d
 from .norms import GroupNorm, LayerNorm, group_norm, layer_norm
 from .ghost import GhostBatchNorm, ghost_batch_norm
@@ -20,6 +22,6 @@ from .renorm import BatchRenorm, batch_renorm, relax_limits, renorm_limits
 from .sync import SyncBatchNorm, sync_batch_norm
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "BatchRenorm", "GhostBatchNorm",
-           "GroupNorm", "LayerNorm", "SyncBatchNorm", "batch_norm", "batch_renorm",
+           "GroupNorm", "LayerNorm", "SyncBatchNorm", "batch_norm", "batch_norm_compiled", "batch_renorm",
            "ghost_batch_norm", "group_norm", "layer_norm", "relax_limits", "renorm_limits",
            "sync_batch_norm"]

@@ -179,13 +179,22 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     if input.numel() == 0:  # an empty batch: an empty output and nothing to update, as in torch
         return input.clone()
     y, mean, var = _BatchNormTraining.apply(input, weight, bias, eps)
-    if running_mean is not None:
-        m = input.numel() // input.shape[1]
-        with torch.no_grad():
-            running_mean.mul_(1 - momentum).add_(mean.to(running_mean.dtype), alpha=momentum)
-            unbiased = var * (m / (m - 1))
-            running_var.mul_(1 - momentum).add_(unbiased.to(running_var.dtype), alpha=momentum)
+    update_running_stats(running_mean, running_var, mean, var, input, momentum)
     return y
+
+
+def update_running_stats(running_mean, running_var, mean, var, input, momentum):
+    """``running = (1 - momentum) * running + momentum * stat`` in place, unbiased variance.
+
+    Does nothing when there are no running statistics (both None).
+    """
+    if running_mean is None:
+        return
+    m = input.numel() // input.shape[1]
+    with torch.no_grad():
+        running_mean.mul_(1 - momentum).add_(mean.to(running_mean.dtype), alpha=momentum)
+        unbiased = var * (m / (m - 1))
+        running_var.mul_(1 - momentum).add_(unbiased.to(running_var.dtype), alpha=momentum)
 
 
 def _normalize_fixed(x, mean, var, weight, bias, eps):
