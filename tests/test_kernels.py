@@ -78,18 +78,32 @@ def test_ordinary_data_takes_the_single_pass_route_and_agrees_with_two_pass():
         assert rel_err(a, b) < TOL
 
 
-@pytest.mark.parametrize("shape", [(8, 3, 2048), (8, 3, 1031), (8, 3, 7), (8, 3, 6, 40),
-                                   (300, 5)])
-def test_sum_of_squares_equals_the_plain_formula_on_every_route(shape):
-    # 2048 -> rows of 1024; 1031 is prime -> product route; 7 -> too short for rows.
+@pytest.mark.parametrize("shape,has_route", [
+    ((8, 3, 2048), True),   # rows of 1024
+    ((8, 3, 6, 40), True),  # rows of 240
+    ((8, 3, 1031), False),  # 1031 is prime: no row length between 16 and 1024
+    ((8, 3, 7), False),     # too short for rows
+    ((300, 5), False),      # (N, C): each channel is strided
+])
+def test_row_sum_of_squares_equals_the_plain_formula_where_it_has_a_route(shape, has_route):
     c = torch.randn(shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    want = (c * c).sum(_reductions.reduce_dims(c.dim()))
-    assert rel_err(_reductions.sum_of_squares(c), want) < TOL
-    channels_last = c.unsqueeze(-1).contiguous(memory_format=torch.channels_last) \
-        if c.dim() == 3 else None
-    if channels_last is not None:
-        got = _reductions.sum_of_squares(channels_last)
-        assert rel_err(got, want) < TOL
+    got = _reductions.row_sum_of_squares(c)
+    assert (got is not None) == has_route
+    if has_route:
+        assert rel_err(got, (c * c).sum(_reductions.reduce_dims(c.dim()))) < TOL
+        # A channels-last copy has the same values in another layout: no row route.
+        assert _reductions.row_sum_of_squares(
+            c.unsqueeze(-1).contiguous(memory_format=torch.channels_last)
+            if c.dim() == 3 else c.contiguous(memory_format=torch.channels_last)) is None
+
+
+def test_a_channels_last_input_takes_the_product_route_and_matches_torch():
+    x, dy, weight, bias = _data((8, 6, 5, 20))
+    x = x.contiguous(memory_format=torch.channels_last)
+    got = _forward_backward(bnt.batch_norm, x, dy, weight, bias)
+    want = _forward_backward(torch.nn.functional.batch_norm, x, dy, weight, bias)
+    for g, w in zip(got, want):
+        assert rel_err(g, w) < TOL
 
 
 @pytest.mark.parametrize("offset", [0.0, 3.0, 100.0])

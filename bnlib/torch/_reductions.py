@@ -65,12 +65,6 @@ def row_sum_of_squares(c):
     return None
 
 
-def sum_of_squares(c):
-    """Per-channel sum of ``c ** 2``: :func:`row_sum_of_squares`, else a product and a sum."""
-    s = row_sum_of_squares(c)
-    return sum_of_products(c, c) if s is None else s
-
-
 def sum_of_products(a, b):
     """Per-channel sum of ``a * b`` over every dim but 1.
 
