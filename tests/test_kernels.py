@@ -41,6 +41,17 @@ def test_several_blocks_match_torch_in_float64(shape):
         assert rel_err(g, w) < TOL, what
 
 
+@pytest.mark.parametrize("shape", [(100, 8, 10, 10), (700, 120)])
+def test_one_block_above_the_small_size_matches_torch_in_float64(shape):
+    """Between BLOCK_BYTES and two blocks: one block, c recomputed after the product."""
+    x, dy, weight, bias = _data(shape)
+    assert _reductions.blocks(x) == [slice(None)] and not _kernels._small(x)
+    got = _forward_backward(bnt.batch_norm, x, dy, weight, bias)
+    want = _forward_backward(torch.nn.functional.batch_norm, x, dy, weight, bias)
+    for g, w, what in zip(got, want, ("y", "dx", "dweight", "dbias")):
+        assert rel_err(g, w) < TOL, what
+
+
 def test_blocks_cover_dim_0_once_in_order():
     x = torch.empty(1000, 3, 50, 50)  # 30 KiB per sample: 17 samples per 512 KiB block
     parts = _reductions.blocks(x)
@@ -51,8 +62,11 @@ def test_blocks_cover_dim_0_once_in_order():
 
 
 def _outlier_first_values(dtype):
-    """Channel 0 starts with 16 values of 50 among 4096 N(0, 1): the pivot is far from the mean."""
-    x, _, weight, bias = _data((4096, 3), dtype=torch.float64)
+    """Channel 0 starts with 16 values of 50 among 50000 N(0, 1): the pivot is far from the mean.
+
+    (600 KiB in float32: large enough for the single-pass route to be tried.)
+    """
+    x, _, weight, bias = _data((50000, 3), dtype=torch.float64)
     x[:16, 0] = 50.0
     return x.to(dtype), weight.to(dtype), bias.to(dtype)
 
@@ -69,8 +83,16 @@ def test_a_far_pivot_falls_back_to_the_two_pass_variance(dtype):
     assert rel_err(fast[0].double(), ref) < (1e-6 if dtype == torch.float32 else TOL)
 
 
+def test_small_input_takes_the_two_pass_route():
+    x, _, weight, bias = _data((64, 16, 8, 8))  # 512 KiB: operations, not bytes, cost here
+    fast = _kernels.forward(x, weight, bias, 1e-5)
+    two_pass = _kernels.forward(x, weight, bias, 1e-5, two_pass=True)
+    for a, b in zip(fast, two_pass):
+        assert torch.equal(a, b)
+
+
 def test_ordinary_data_takes_the_single_pass_route_and_agrees_with_two_pass():
-    x, _, weight, bias = _data((64, 16, 8, 8))
+    x, _, weight, bias = _data((64, 16, 16, 16))
     fast = _kernels.forward(x, weight, bias, 1e-5)
     two_pass = _kernels.forward(x, weight, bias, 1e-5, two_pass=True)
     assert not torch.equal(fast[2], two_pass[2])  # a different route (different rounding)...

@@ -22,6 +22,6 @@ from .renorm import BatchRenorm, batch_renorm, relax_limits, renorm_limits
 from .sync import SyncBatchNorm, sync_batch_norm
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "BatchRenorm", "GhostBatchNorm",
-           "GroupNorm", "LayerNorm", "SyncBatchNorm", "batch_norm", "batch_norm_compiled", "batch_renorm",
-           "ghost_batch_norm", "group_norm", "layer_norm", "relax_limits", "renorm_limits",
-           "sync_batch_norm"]
+           "GroupNorm", "LayerNorm", "SyncBatchNorm", "batch_norm", "batch_norm_compiled",
+           "batch_renorm", "ghost_batch_norm", "group_norm", "layer_norm", "relax_limits",
+           "renorm_limits", "sync_batch_norm"]

@@ -13,8 +13,8 @@ variance; half-precision input is computed in float32.
 
 import torch
 
-from ._reductions import (add_up, blocks, per_channel, pivot, reduce_dims, row_sum_of_squares,
-                          stats_dtype)
+from ._reductions import (BLOCK_BYTES, add_up, blocks, per_channel, pivot, reduce_dims,
+                          row_sum_of_squares, stats_dtype, sum_of_products)
 
 # The single-pass variance E[c^2] - E[c]^2 of centred data c loses about
 # log2(1 + E[c]^2 / var) bits; above this ratio the two-pass formula is used instead.
@@ -26,15 +26,25 @@ def _output(x):
     return torch.empty_like(x, dtype=stats_dtype(x.dtype))
 
 
+def _small(x):
+    """Input so small that the number of operations, not the bytes moved, sets the time."""
+    return x.numel() * x.element_size() <= BLOCK_BYTES
+
+
 def _squares_in_place(c, dims):
     """Per-channel sum of ``c ** 2``; returns ``(sum, kept)``.
 
-    On the row-norm route (:func:`._reductions.row_sum_of_squares`) c is only read
-    (kept=True). Otherwise c is squared in place and summed (kept=False): the caller
-    recomputes it, which costs one pass but no input-sized temporary.
+    On the row-norm route (:func:`._reductions.row_sum_of_squares`) c is only read, and a
+    small c is multiplied into a small temporary (kept=True). Otherwise c is squared in place
+    and summed (kept=False): the caller recomputes it, which costs one pass but no
+    input-sized temporary.
     """
     s = row_sum_of_squares(c)
-    return (s, True) if s is not None else (c.mul_(c).sum(dims), False)
+    if s is not None:
+        return s, True
+    if _small(c):
+        return sum_of_products(c, c), True
+    return c.mul_(c).sum(dims), False
 
 
 def forward(x, weight, bias, eps, two_pass=False):
@@ -48,6 +58,9 @@ def forward(x, weight, bias, eps, two_pass=False):
     allocation but the output: a fresh input-sized temporary costs more than its arithmetic
     (the first touch of each of its pages).
 
+    Small inputs (up to BLOCK_BYTES), where the count of operations sets the time, take the
+    two-pass route directly.
+
     The single-pass variance loses digits when the shift is large next to the spread. Since K
     is close to the mean this is rare (an outlier among the first values); whenever
     ``shift^2 > MAX_SHIFT_RATIO * var`` in any channel (including var < 0 from rounding), the
@@ -60,22 +73,26 @@ def forward(x, weight, bias, eps, two_pass=False):
     """
     ndim, dims, m = x.dim(), reduce_dims(x.dim()), x.numel() // x.shape[1]
     k = pivot(x)
-    c = torch.sub(x, per_channel(k, ndim), out=_output(x))
+    pivot_c = per_channel(k, ndim)
+    c = torch.sub(x, pivot_c, out=_output(x))
     shift = c.sum(dims).div_(m)
-    single_pass = not two_pass and x.device.type == "cpu"
+    shift_c = per_channel(shift, ndim)
+    single_pass = not two_pass and x.device.type == "cpu" and not _small(x)
     if single_pass:
         squares, kept = _squares_in_place(c, dims)
         var = squares.div_(m).sub_(shift * shift)
         single_pass = not bool((shift * shift > MAX_SHIFT_RATIO * var).any())
-    mean = k.add_(shift)
+        if not kept:
+            c = torch.sub(x, pivot_c, out=c)
     if not single_pass:
-        c = torch.sub(x, per_channel(mean, ndim), out=c)
-        squares, kept = _squares_in_place(c, dims)
+        # Two passes: centre on the batch mean as (x - K) - shift, which keeps the digits
+        # that x - (K + shift) would lose to the rounding of K + shift.
+        squares, kept = _squares_in_place(c.sub_(shift_c), dims)
         var = squares.div_(m)
-    # c holds x - (mean - shift) when it is kept from the single pass, else x - mean.
-    residual = shift if single_pass and kept else None
-    if not kept:
-        c = torch.sub(x, per_channel(mean, ndim), out=c)
+        if not kept:
+            c = torch.sub(x, pivot_c, out=c).sub_(shift_c)
+    # c is now x - K (single pass) or x - K - shift (two passes).
+    residual = shift if single_pass else None
     invstd = torch.rsqrt(var + eps)
     scale = invstd if weight is None else invstd * weight.to(invstd.dtype)
     offset = None if bias is None else bias.to(scale.dtype)
@@ -85,7 +102,7 @@ def forward(x, weight, bias, eps, two_pass=False):
     y = c.mul_(per_channel(scale, ndim))
     if offset is not None:
         y.add_(per_channel(offset, ndim))
-    return y, mean, var, invstd
+    return y, k.add_(shift), var, invstd
 
 
 def backward(x, dy, weight, mean, invstd):
@@ -100,7 +117,8 @@ def backward(x, dy, weight, mean, invstd):
     the product costs more than its arithmetic. So sweep 1 walks over cache-sized blocks
     (:func:`._reductions.blocks`): it writes c into a block-sized scratch buffer (dx itself
     when there is one block), multiplies it by dy in place and sums, and sums dy. Sweep 2
-    writes ``dx = c * a + dy * scale + b`` block by block. x and dy are read twice and dx
+    writes ``dx = c * a + dy * scale + b`` block by block. A small input keeps c in dx and
+    multiplies into a small temporary instead, which saves recomputing c. x and dy are read twice and dx
     written once, as by torch's own kernel, plus the passes over blocks that are in cache.
     """
     ndim, dims, m = x.dim(), reduce_dims(x.dim()), x.numel() // x.shape[1]
@@ -109,18 +127,19 @@ def backward(x, dy, weight, mean, invstd):
     scratch = dx if len(parts) == 1 else torch.empty_like(dx[parts[0]])
     dy = dy.to(mean.dtype)
     centre = per_channel(mean, ndim)
+    keep = scratch is dx and _small(dx)  # c stays in dx; the product temporary is small
     dy_sums, products = [], []
     for part in parts:
         rows = x[part]
         c = torch.sub(rows, centre, out=scratch[:rows.shape[0]])
         dy_sums.append(dy[part].sum(dims))
-        products.append(c.mul_(dy[part]).sum(dims))
+        products.append(sum_of_products(dy[part], c) if keep else c.mul_(dy[part]).sum(dims))
     dbeta, dot = add_up(dy_sums), add_up(products)
     scale = invstd if weight is None else invstd * weight.to(invstd.dtype)
     a = per_channel(scale * invstd * invstd * dot / -m, ndim)
     b = per_channel(scale * dbeta / -m, ndim)
     scale_c = per_channel(scale, ndim)
     for part in parts:
-        block = torch.sub(x[part], centre, out=dx[part])
+        block = dx if keep else torch.sub(x[part], centre, out=dx[part])
         block.mul_(a).addcmul_(dy[part], scale_c).add_(b)
     return dx, dot.mul_(invstd), dbeta

@@ -49,7 +49,7 @@ def _row_length(spatial):
 
 
 def row_sum_of_squares(c):
-    """Per-channel sum of ``c ** 2`` in one read without a temporary, or None if c's layout has no such route.
+    """Per-channel sum of ``c ** 2`` in one read without a temporary; None where there is no route.
 
     A contiguous ``(N, C, *)`` tensor is viewed as rows of at most MAX_ROW values (each inside
     one channel), whose 2-norms torch computes without writing anything; the squared norms are
