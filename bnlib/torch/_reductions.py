@@ -13,7 +13,7 @@ import functools
 
 import torch
 
-_HALF = (torch.float16, torch.bfloat16)
+HALF = (torch.float16, torch.bfloat16)  # half-precision dtypes: statistics in float32
 
 # The pivot averages at least this many values per channel from the first samples.
 PIVOT_VALUES = 16
@@ -36,7 +36,7 @@ def per_channel(v, ndim):
 
 def stats_dtype(dtype):
     """Statistics are accumulated in float32 for half-precision input."""
-    return torch.float32 if dtype in _HALF else dtype
+    return torch.float32 if dtype in HALF else dtype
 
 
 @functools.lru_cache(maxsize=256)

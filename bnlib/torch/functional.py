@@ -27,9 +27,7 @@ import torch
 
 from .. import _checks
 from . import _kernels
-from ._reductions import per_channel, pivot, reduce_dims, stats_dtype, sum_of_products
-
-_HALF = (torch.float16, torch.bfloat16)
+from ._reductions import HALF, per_channel, pivot, reduce_dims, stats_dtype, sum_of_products
 
 
 def _batch_stats(x):
@@ -49,7 +47,7 @@ def _batch_stats(x):
     k = pivot(xs.detach())
     centred = xs - per_channel(k, ndim)
     shift = centred.mean(dims)
-    centred = centred - per_channel(shift, ndim)
+    centred.sub_(per_channel(shift, ndim))  # in place: the mean's backward needs no values
     var = sum_of_products(centred, centred) / m
     return k + shift, var, centred
 
@@ -57,8 +55,8 @@ def _batch_stats(x):
 class _BatchNormTraining(torch.autograd.Function):
     """y = (x - mean) * invstd * weight + bias with the batch's own mean and invstd.
 
-    Forward and backward are the kernels of :mod:`._kernels` (two sweeps of cache-sized
-    blocks each; only the output is allocated at input size). Saved for backward: x and two
+    Forward and backward are the kernels of :mod:`._kernels` (each allocates only its output
+    at input size; the backward walks over cache-sized blocks). Saved for backward: x and two
     per-channel vectors.
     """
 
@@ -112,7 +110,7 @@ def _check_tensor(name, t, x, num_channels):
     _checks.check_float_dtype(name, t.is_floating_point(), t.dtype)
     if t.device != x.device:
         raise ValueError(f"{name} is on {t.device} but the input is on {x.device}")
-    allowed = (x.dtype, torch.float32) if x.dtype in _HALF else (x.dtype,)
+    allowed = (x.dtype, torch.float32) if x.dtype in HALF else (x.dtype,)
     if t.dtype not in allowed:
         raise TypeError(
             f"{name} has dtype {t.dtype} but the input has dtype {x.dtype}; they must match "

@@ -17,9 +17,8 @@ import numbers
 import torch
 
 from .. import _checks
+from ._reductions import HALF
 from .functional import batch_norm
-
-_HALF = (torch.float16, torch.bfloat16)
 
 
 def _normalize_sets(x, set_size, eps):
@@ -47,7 +46,7 @@ def _check_param(name, t, shape, x):
         raise ValueError(f"{name} must have shape {tuple(shape)}, got shape {tuple(t.shape)}")
     if t.device != x.device:
         raise ValueError(f"{name} is on {t.device} but the input is on {x.device}")
-    allowed = (x.dtype, torch.float32) if x.dtype in _HALF else (x.dtype,)
+    allowed = (x.dtype, torch.float32) if x.dtype in HALF else (x.dtype,)
     if t.dtype not in allowed:
         raise TypeError(f"{name} has dtype {t.dtype} but the input has dtype {x.dtype}")
 
