@@ -1,4 +1,5 @@
-"""Shared fixtures: the devices to test on (CUDA skipped with a visible reason when absent)."""
+"""Shared fixtures: the devices to test on (CUDA skipped with a visible reason when absent),
+and torch's default dtype restored after every test (``training.deterministic`` sets float64)."""
 
 import pytest
 import torch
@@ -18,3 +19,10 @@ def device(request):
 @pytest.fixture
 def rng():
     return __import__("numpy").random.default_rng(0)
+
+
+@pytest.fixture(autouse=True)
+def restore_default_dtype():
+    dtype = torch.get_default_dtype()
+    yield
+    torch.set_default_dtype(dtype)

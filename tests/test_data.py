@@ -14,7 +14,7 @@ from bnlib import data
 def test_image_datasets_have_documented_shapes_and_range(load, n_train, n_test, flat, image):
     d = load()
     assert d.x_train.shape == (n_train, *flat) and d.x_test.shape == (n_test, *flat)
-    assert d.x_train.dtype == torch.float32 and d.y_train.dtype == torch.int64
+    assert d.x_train.dtype == data.DTYPE == torch.float64 and d.y_train.dtype == torch.int64
     assert 0.0 <= float(d.x_train.min()) and float(d.x_train.max()) <= 1.0
     assert d.num_classes == 10 and set(d.y_test.tolist()) == set(range(10))
     assert load(images=True).x_train.shape == (n_train, *image)
@@ -34,3 +34,4 @@ def test_mnist1d_is_generated_without_changing_global_random_state():
     assert np.random.rand() == expected
     assert d.x_train.shape == (4000, 40) and d.x_test.shape == (1000, 40)
     assert d.num_classes == 10
+    assert d.x_train.dtype == d.x_test.dtype == data.DTYPE

@@ -55,13 +55,30 @@ def test_a_huge_learning_rate_is_reported_as_divergence():
     training.deterministic(0)
     net = models.mlp(64, [32], 10)
     with torch.no_grad():
-        net[0].linear.weight.mul_(1e30)
-    h = training.train(net, data.load_digits(), steps=50, lr=1e30, eval_every=10)
+        net[0].linear.weight.mul_(1e150)
+    h = training.train(net, data.load_digits(), steps=50, lr=1e300, eval_every=10)
     assert h.diverged and h.final_accuracy == pytest.approx(0.1)
     assert h.steps == sorted(set(h.steps))
 
 
+def test_deterministic_makes_the_data_s_dtype_the_default():
+    torch.set_default_dtype(torch.float32)
+    training.deterministic(0)
+    assert torch.get_default_dtype() == data.DTYPE == torch.float64
+    assert models.mlp(4, [3], 2)[0].linear.weight.dtype == torch.float64
+
+
+def test_training_refuses_a_model_of_another_dtype_before_any_step():
+    training.deterministic(0)
+    net = models.mlp(64, [8], 10).float()
+    before = [p.clone() for p in net.parameters()]
+    with pytest.raises(TypeError, match="torch.float32.*torch.float64"):
+        training.train(net, data.load_digits(), steps=5)
+    assert all(torch.equal(a, b) for a, b in zip(before, net.parameters()))
+
+
 def test_evaluate_restores_every_module_s_own_mode():
+    training.deterministic(0)
     net = models.mlp(64, [8], 10, norm=bnt.BatchNorm1d)
     d = data.load_digits()
     net.train()
