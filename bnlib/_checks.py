@@ -24,21 +24,29 @@ def check_eps(eps):
         raise ValueError(f"eps must be a finite number > 0, got {eps!r}")
 
 
-def check_eps_fits(eps, dtype):
-    """``eps`` must not round to 0 in ``dtype``, the (NumPy) dtype the statistics are computed in.
+def check_eps_fits(eps, smallest_subnormal, dtype_name):
+    """``eps`` must not round to 0 in the dtype the statistics are computed in.
 
-    Otherwise a constant channel gives ``0 * (1 / sqrt(0)) = nan`` instead of 0.
+    Otherwise a constant channel gives ``0 * (1 / sqrt(0)) = nan`` instead of 0. A value
+    rounds to 0 when it is at most half the dtype's smallest subnormal number (ties go to
+    the even neighbour, 0): a comparison of Python floats, so that ``torch.compile`` traces
+    it without a graph break.
     """
-    dtype = np.dtype(dtype)
-    if dtype.type(eps) == 0:
+    if eps <= smallest_subnormal / 2:
         raise ValueError(
-            f"eps={eps!r} rounds to 0 in {dtype.name}, the dtype the statistics are computed "
-            f"in; use eps >= {np.finfo(dtype).smallest_subnormal}"
+            f"eps={eps!r} rounds to 0 in {dtype_name}, the dtype the statistics are computed "
+            f"in; use eps >= {smallest_subnormal}"
         )
 
 
 def check_momentum(momentum, allow_none=True):
-    """``momentum`` is the weight of the new batch, in [0, 1]; ``None`` means cumulative average."""
+    """``momentum`` is the weight of the new batch, in [0, 1]; ``None`` means cumulative average.
+
+    A 0-d floating tensor is what a module with ``momentum=None`` passes (``1 / count``,
+    kept on the device); it is not read back to check its range.
+    """
+    if getattr(momentum, "ndim", None) == 0 and getattr(momentum, "is_floating_point", bool)():
+        return
     if momentum is None:
         if allow_none:
             return
@@ -58,11 +66,36 @@ def check_momentum(momentum, allow_none=True):
         )
 
 
+def check_positive_int(name, value):
+    """A count (channels, groups, steps, processes): a positive int; a NumPy integer is fine,
+    a bool is not."""
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
 def check_num_features(num_features):
-    """The number of channels C of a layer: a positive int (a NumPy integer is fine)."""
-    if (not isinstance(num_features, numbers.Integral) or isinstance(num_features, bool)
-            or num_features < 1):
-        raise ValueError(f"num_features must be a positive int, got {num_features!r}")
+    """The number of channels C of a layer: a positive int."""
+    check_positive_int("num_features", num_features)
+
+
+def check_num_groups(num_groups, num_channels):
+    """Group norm: the number of groups G must be a positive divisor of the channels C."""
+    if (not isinstance(num_groups, numbers.Integral) or isinstance(num_groups, bool)
+            or num_groups < 1 or num_channels % num_groups):
+        raise ValueError(f"num_groups must be a positive divisor of the {num_channels} "
+                         f"channels, got {num_groups!r}")
+
+
+def normalized_shape(value):
+    """Layer norm's ``normalized_shape`` as a tuple of positive ints (an int means a 1-tuple)."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        value = (value,)
+    shape = tuple(value)
+    if not shape or any(not isinstance(d, numbers.Integral) or isinstance(d, bool) or d < 1
+                        for d in shape):
+        raise ValueError(f"normalized_shape must be a positive int or a non-empty sequence of "
+                         f"positive ints, got {value!r}")
+    return tuple(int(d) for d in shape)
 
 
 def check_input_shape(shape, training, allowed_ndims=None, num_features=None):
@@ -116,6 +149,23 @@ def check_channel_vector(name, shape, num_channels):
             f"{name} must have shape ({num_channels},) to match the input's {num_channels} "
             f"channels, got shape {tuple(shape)}"
         )
+
+
+def check_parameter(name, shape, expected_shape, floating, dtype, allowed_dtypes,
+                    device=None, input_device=None):
+    """A weight, bias or running statistic next to an input: floating, of ``expected_shape``,
+    on the input's device (torch only) and of one of ``allowed_dtypes``: the input's dtype
+    first, then any other accepted one (float32 for half-precision input)."""
+    check_float_dtype(name, floating, dtype)
+    if tuple(shape) != tuple(expected_shape):
+        raise ValueError(f"{name} must have shape {tuple(expected_shape)} to match the input, "
+                         f"got shape {tuple(shape)}")
+    if device != input_device:
+        raise ValueError(f"{name} is on {device} but the input is on {input_device}")
+    if dtype not in allowed_dtypes:
+        raise TypeError(f"{name} has dtype {dtype} but the input has dtype {allowed_dtypes[0]}; "
+                        f"they must match (float32 parameters are also accepted for "
+                        f"float16/bfloat16 input)")
 
 
 def check_running_pair(running_mean, running_var):

@@ -34,6 +34,9 @@ from bnlib import numpy as bnp
 from bnlib import torch as bnt
 from bnlib.torch.compiled import batch_norm_compiled
 
+__all__ = ["bench_shape", "format_table", "main", "numpy_peak_bytes", "saved_bytes",
+           "torch_implementations"]
+
 STANDARD_SHAPES = [(256, 1024), (64, 64, 32, 32), (32, 256, 14, 14)]
 QUICK_SHAPES = [(64, 256), (8, 16, 16, 16)]
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16,

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from bnlib import data, models, training
+from bnlib.book import data, models, training
 from bnlib import torch as bnt
-from bnlib.activations import (ActivationTrace, layer_inputs, percentiles, saturated_fraction,
+from bnlib.book.activations import (ActivationTrace, layer_inputs, percentiles, saturated_fraction,
                                sigmoid_saturation_threshold)
-from bnlib.covariate_shift import wasserstein_1d
-from bnlib.noisy import NoisyBatchNorm1d
+from bnlib.book.covariate_shift import wasserstein_1d
+from bnlib.book.layers import NoisyBatchNorm1d
 
 
 @pytest.mark.parametrize("ratio", [0.5, 0.1, 0.01])

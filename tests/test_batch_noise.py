@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from bnlib.batch_noise import measured_noise, population_moments, predicted_noise, variance_noise
+from bnlib.book.batch_noise import measured_noise, population_moments, predicted_noise, variance_noise
 
 
 @pytest.fixture(scope="module")

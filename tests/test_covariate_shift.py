@@ -9,10 +9,10 @@ import pytest
 import scipy.stats
 import torch
 
-from bnlib import models
+from bnlib.book import models
 from bnlib import torch as bnt
-from bnlib.covariate_shift import gradient_shift, wasserstein_1d
-from bnlib.noisy import NoisyBatchNorm1d
+from bnlib.book.covariate_shift import gradient_shift, wasserstein_1d
+from bnlib.book.layers import NoisyBatchNorm1d
 
 
 @pytest.mark.parametrize("n,d", [(1, 1), (7, 3), (200, 5)])

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from bnlib import data
+from bnlib.book import data
 
 
 @pytest.mark.parametrize("load,n_train,n_test,flat,image", [

@@ -1,9 +1,9 @@
-"""bnlib.domains.RandomDomain: mixed or domain-sorted batches in training, nothing in eval."""
+"""bnlib.book.layers.RandomDomain: mixed or domain-sorted batches in training, nothing in eval."""
 
 import pytest
 import torch
 
-from bnlib.domains import RandomDomain
+from bnlib.book.layers import RandomDomain
 
 
 def _domains(out, x, gain, offset):

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from bnlib import data, experiments, inference, models, training
+from bnlib.book import data, experiments, inference, models, training
 from bnlib import torch as bnt
 
 
@@ -138,12 +138,12 @@ def test_variance_shift_is_one_for_exact_statistics_and_below_one_after_dropout(
     x = torch.randn(4096, 8, dtype=torch.float64)
     n = x.shape[0]
     # Statistics collected with dropout active, as in training.
-    inference.recompute_statistics(net, [x])
+    bnt.recompute_statistics(net, [x])
     shifts = experiments.variance_shift(net, x, ["0.norm", "1.norm"])
     assert shifts["0.norm"] == pytest.approx((n - 1) / n, abs=1e-9)  # no dropout before it
     assert shifts["1.norm"] < 0.9  # dropout before it inflated the training variance
     # Statistics collected with dropout off fit the test-time input again.
-    inference.recompute_statistics(experiments.without_dropout(net), [x])
+    bnt.recompute_statistics(experiments.without_dropout(net), [x])
     shifts = experiments.variance_shift(net, x, ["0.norm", "1.norm"])
     assert shifts["0.norm"] == pytest.approx((n - 1) / n, abs=1e-9)
     assert shifts["1.norm"] == pytest.approx(1.0, abs=2e-3)

@@ -9,7 +9,7 @@ import torch
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 from torch.optim.swa_utils import update_bn
 
-from bnlib import inference, models
+from bnlib.book import inference, models
 from bnlib import numpy as bnp
 from bnlib import torch as bnt
 
@@ -37,7 +37,7 @@ def _cnn(norm, dtype=torch.float64, seed=0, bias=False, affine=True):
 
 
 def _bns(model):
-    return [m for m in model.modules() if inference.is_batch_norm(m)]
+    return [m for m in model.modules() if bnt.is_batch_norm(m)]
 
 
 def _randomize_affine(model, seed=1):
@@ -104,7 +104,7 @@ def test_recompute_equals_update_bn_on_an_mlp(norm):
         model(x[:50])  # running statistics that are not the initial ones
     ours.eval()
     theirs.eval()
-    inference.recompute_statistics(ours, x.split(40))
+    bnt.recompute_statistics(ours, x.split(40))
     update_bn(x.split(40), theirs)
     _assert_buffers_equal(ours, theirs, atol=1e-12)
     assert not ours.training and all(bn.momentum == 0.1 for bn in _bns(ours))
@@ -117,7 +117,7 @@ def test_recompute_equals_update_bn_on_a_cnn_with_a_loader_of_pairs(norm):
     loader = [(images[i:i + 10], torch.zeros(10)) for i in range(0, 30, 10)]
     ours, theirs = _cnn(norm), _cnn(torch.nn.BatchNorm2d)
     theirs.load_state_dict(ours.state_dict())
-    inference.recompute_statistics(ours, loader)
+    bnt.recompute_statistics(ours, loader)
     update_bn(loader, theirs)
     _assert_buffers_equal(ours, theirs, atol=1e-12)
 
@@ -125,7 +125,7 @@ def test_recompute_equals_update_bn_on_a_cnn_with_a_loader_of_pairs(norm):
 def test_recompute_is_algorithm_2_average_of_batch_means_and_unbiased_variances():
     x = _data()
     model = _mlp(bnt.BatchNorm1d)
-    inference.recompute_statistics(model, x.split(30))
+    bnt.recompute_statistics(model, x.split(30))
     z = model[0].linear(x).detach()  # the first batch norm's input does not depend on BN
     batch_means = torch.stack([b.mean(0) for b in z.split(30)])
     batch_vars = torch.stack([b.var(0, unbiased=False) for b in z.split(30)])
@@ -138,7 +138,7 @@ def test_recompute_is_algorithm_2_average_of_batch_means_and_unbiased_variances(
 def test_one_batch_gives_the_statistics_of_the_inference_network():
     x = _data(n=2000)
     model = _randomize_affine(_mlp(bnt.BatchNorm1d))
-    inference.recompute_statistics(model, [x])
+    bnt.recompute_statistics(model, [x])
     model.eval()
     z0 = model[0].linear(x)
     z1 = model[1].linear(model[0](x)).detach()  # layer 1 fed by layer 0 in eval mode
@@ -155,7 +155,7 @@ def test_recompute_restores_each_modules_mode_and_each_momentum():
     model[0].norm.momentum, model[1].norm.momentum = None, 0.3
     model.train()
     model[1].norm.eval()  # frozen by hand inside a training model: must stay frozen
-    inference.recompute_statistics(model, _data().split(60))
+    bnt.recompute_statistics(model, _data().split(60))
     assert model.training and model[0].norm.training and not model[1].norm.training
     assert model[0].norm.momentum is None and model[1].norm.momentum == 0.3
 
@@ -167,7 +167,7 @@ def test_recompute_leaves_everything_as_it_was_when_a_batch_fails():
     model.eval()
     before = copy.deepcopy(model)
     with pytest.raises(ValueError, match="more than 1 value per channel"):
-        inference.recompute_statistics(model, [x[:50], x[50:51]])  # a batch of one
+        bnt.recompute_statistics(model, [x[:50], x[50:51]])  # a batch of one
     _assert_buffers_equal(model, before)
     assert not model.training and all(bn.momentum == 0.1 for bn in _bns(model))
 
@@ -175,71 +175,17 @@ def test_recompute_leaves_everything_as_it_was_when_a_batch_fails():
 def test_recompute_errors():
     x = _data()
     with pytest.raises(ValueError, match="no batch-norm layer"):
-        inference.recompute_statistics(torch.nn.Linear(12, 3), [x])
+        bnt.recompute_statistics(torch.nn.Linear(12, 3), [x])
     with pytest.raises(ValueError, match="no batch-norm layer"):
-        inference.recompute_statistics(
+        bnt.recompute_statistics(
             _mlp(lambda w: bnt.BatchNorm1d(w, track_running_stats=False)), [x])
     model = _mlp(bnt.BatchNorm1d)
     before = copy.deepcopy(model)
     with pytest.raises(ValueError, match="batches is empty"):
-        inference.recompute_statistics(model, [])
-    with pytest.raises(ValueError, match="NumPy networks only"):
-        inference.recompute_statistics(model, [x], layers=_bns(model))
+        bnt.recompute_statistics(model, [])
     _assert_buffers_equal(model, before)
     with pytest.raises(TypeError, match="model must be"):
-        inference.recompute_statistics("model", [x])
-    with pytest.raises(ValueError, match="needs layers"):
-        inference.recompute_statistics(lambda a: a, [x.numpy()])
-    with pytest.raises(TypeError, match="batch-norm layers"):
-        inference.recompute_statistics(lambda a: a, [x.numpy()], layers=[torch.nn.ReLU()])
-    with pytest.raises(ValueError, match="no running statistics"):
-        inference.recompute_statistics(lambda a: a, [x.numpy()],
-                                       layers=[bnp.BatchNorm(12, track_running_stats=False)])
-
-
-def test_recompute_numpy_layer_equals_update_bn():
-    x = _data()
-    layer = bnp.BatchNorm(12, momentum=0.2).eval()
-    layer(x.numpy())
-    torch_bn = torch.nn.BatchNorm1d(12, dtype=torch.float64)
-    inference.recompute_statistics(layer, x.numpy()[:200].reshape(5, 40, 12))
-    update_bn(x[:200].split(40), torch_bn)
-    for key, value in layer.state_dict().items():
-        assert np.allclose(value, torch_bn.state_dict()[key].numpy(), rtol=1e-12, atol=1e-14), key
-    assert not layer.training and layer.momentum == 0.2
-
-
-def test_recompute_numpy_network_equals_the_same_torch_network():
-    x = _data()
-    rng = np.random.default_rng(0)
-    w1, w2 = rng.normal(size=(12, 8)), rng.normal(size=(8, 4))
-    bn1, bn2 = bnp.BatchNorm(8), bnp.BatchNorm(4)
-
-    def numpy_net(a):
-        return bn2(np.maximum(bn1(a @ w1), 0) @ w2)
-
-    torch_net = torch.nn.Sequential(torch.nn.Linear(12, 8, bias=False), bnt.BatchNorm1d(8),
-                                    torch.nn.ReLU(), torch.nn.Linear(8, 4, bias=False),
-                                    bnt.BatchNorm1d(4)).double()
-    with torch.no_grad():
-        torch_net[0].weight.copy_(torch.from_numpy(w1.T))
-        torch_net[3].weight.copy_(torch.from_numpy(w2.T))
-    inference.recompute_statistics(numpy_net, [b.numpy() for b in x.split(48)], layers=[bn1, bn2])
-    inference.recompute_statistics(torch_net, x.split(48))
-    for ours, theirs in ((bn1, torch_net[1]), (bn2, torch_net[4])):
-        assert np.allclose(ours.running_mean, theirs.running_mean.numpy(), rtol=1e-12, atol=1e-12)
-        assert np.allclose(ours.running_var, theirs.running_var.numpy(), rtol=1e-12)
-
-
-def test_recompute_numpy_layer_restores_statistics_after_an_error():
-    layer = bnp.BatchNorm(3)
-    layer(np.random.default_rng(0).normal(size=(10, 3)))
-    before = layer.state_dict()
-    with pytest.raises(ValueError, match="more than 1 value per channel"):
-        inference.recompute_statistics(layer, [np.ones((4, 3)), np.ones((1, 3))])
-    for key, value in layer.state_dict().items():
-        assert np.array_equal(value, before[key]), key
-    assert layer.momentum == 0.1 and layer.training
+        bnt.recompute_statistics("model", [x])
 
 
 # folding -----------------------------------------------------------------------------------
@@ -249,7 +195,7 @@ def _linear_pair(norm, bias, affine, dtype, device):
     linear = torch.nn.Linear(12, 6, bias=bias).to(dtype=dtype, device=device)
     bn = norm(6, affine=affine).to(dtype=dtype, device=device)
     pair = _randomize_affine(torch.nn.Sequential(linear, bn))
-    inference.recompute_statistics(pair, _data(dtype=dtype).to(device).split(60))
+    bnt.recompute_statistics(pair, _data(dtype=dtype).to(device).split(60))
     return pair.eval()
 
 
@@ -257,7 +203,7 @@ def _conv_pair(norm, bias, affine, dtype, device):
     model = _randomize_affine(_cnn(norm, dtype, bias=bias, affine=affine)).to(device)
     gen = torch.Generator().manual_seed(0)
     images = torch.randn(24, 2, 7, 7, generator=gen, dtype=dtype) * 3 + 1
-    inference.recompute_statistics(model, images.to(device).split(8))
+    bnt.recompute_statistics(model, images.to(device).split(8))
     return model[:2].eval()
 
 
@@ -268,7 +214,7 @@ def _conv_pair(norm, bias, affine, dtype, device):
 def test_folded_linear_equals_linear_then_bn_in_eval_and_torch_fusion(norm, bias, affine,
                                                                       dtype, device):
     pair = _linear_pair(norm, bias, affine, dtype, device)
-    folded = inference.fold_batch_norm(pair[0], pair[1])
+    folded = bnt.fold_batch_norm(pair[0], pair[1])
     x = (_data(50, dtype=dtype) * 3).to(device)
     with torch.no_grad():
         assert (folded(x) - pair(x)).abs().max().item() <= FOLD_TOL[dtype]
@@ -288,7 +234,7 @@ def test_folded_linear_equals_linear_then_bn_in_eval_and_torch_fusion(norm, bias
 def test_folded_conv2d_equals_conv_then_bn_in_eval_and_torch_fusion(norm, bias, affine,
                                                                     dtype, device):
     pair = _conv_pair(norm, bias, affine, dtype, device)
-    folded = inference.fold_batch_norm(pair[0], pair[1])
+    folded = bnt.fold_batch_norm(pair[0], pair[1])
     gen = torch.Generator().manual_seed(1)
     x = (torch.randn(5, 2, 9, 9, generator=gen, dtype=dtype) * 3 + 1).to(device)
     with torch.no_grad():
@@ -304,7 +250,7 @@ def test_fold_leaves_its_inputs_alone_and_keeps_requires_grad():
     pair = _linear_pair(bnt.BatchNorm1d, True, True, torch.float64, "cpu")
     before = copy.deepcopy(pair)
     pair[0].weight.requires_grad_(False)
-    folded = inference.fold_batch_norm(pair[0], pair[1])
+    folded = bnt.fold_batch_norm(pair[0], pair[1])
     assert not folded.weight.requires_grad
     for a, b in zip(pair.state_dict().values(), before.state_dict().values()):
         assert torch.equal(a, b)
@@ -314,45 +260,45 @@ def test_fold_errors():
     pair = _linear_pair(bnt.BatchNorm1d, False, True, torch.float64, "cpu")
     linear, bn = pair[0], pair[1]
     with pytest.raises(ValueError, match="training mode"):
-        inference.fold_batch_norm(linear, copy.deepcopy(bn).train())
+        bnt.fold_batch_norm(linear, copy.deepcopy(bn).train())
     with pytest.raises(ValueError, match="no running statistics"):
-        inference.fold_batch_norm(linear, bnt.BatchNorm1d(6, track_running_stats=False).eval())
+        bnt.fold_batch_norm(linear, bnt.BatchNorm1d(6, track_running_stats=False).eval())
     with pytest.raises(ValueError, match="channel mismatch"):
-        inference.fold_batch_norm(linear, bnt.BatchNorm1d(5).double().eval())
+        bnt.fold_batch_norm(linear, bnt.BatchNorm1d(5).double().eval())
     with pytest.raises(TypeError, match="Linear or torch.nn.Conv"):
-        inference.fold_batch_norm(torch.nn.ConvTranspose2d(3, 6, 3), bn)
+        bnt.fold_batch_norm(torch.nn.ConvTranspose2d(3, 6, 3), bn)
     with pytest.raises(TypeError, match="bn must be"):
-        inference.fold_batch_norm(linear, torch.nn.LayerNorm(6))
+        bnt.fold_batch_norm(linear, torch.nn.LayerNorm(6))
     with pytest.raises(TypeError, match="bn must be"):
-        inference.fold_batch_norm(linear, bnp.BatchNorm(6).eval())
+        bnt.fold_batch_norm(linear, bnp.BatchNorm(6).eval())
 
 
 @pytest.mark.parametrize("dtype", FOLD_TOL, ids=["float32", "float64"])
 def test_fold_batch_norms_folds_every_pair_of_an_mlp_and_keeps_the_rest(dtype):
     model = _randomize_affine(models.mlp(12, [8, 6], 3, norm=bnt.BatchNorm1d)).to(dtype)
-    inference.recompute_statistics(model, _data(dtype=dtype).split(40))
+    bnt.recompute_statistics(model, _data(dtype=dtype).split(40))
     model.eval()
-    folded = inference.fold_batch_norms(model)
+    folded = bnt.fold_batch_norms(model)
     assert [type(block.norm) for block in folded[:2]] == [torch.nn.Identity] * 2
     assert all(isinstance(block.norm, bnt.BatchNorm1d) for block in model[:2])
     x = _data(70, dtype=dtype) * 2
     with torch.no_grad():
         assert (folded(x) - model(x)).abs().max().item() <= FOLD_TOL[dtype]
     after = models.mlp(12, [8], 3, norm=bnt.BatchNorm1d, norm_position="after").eval()
-    kept = inference.fold_batch_norms(after)  # BN after the activation: nothing to fold into
+    kept = bnt.fold_batch_norms(after)  # BN after the activation: nothing to fold into
     assert isinstance(kept[0].norm, bnt.BatchNorm1d)
     with pytest.raises(ValueError, match="training mode"):
-        inference.fold_batch_norms(model.train())
+        bnt.fold_batch_norms(model.train())
 
 
 def test_fold_batch_norms_on_a_cnn_matches_eval_mode():
     model = _randomize_affine(_cnn(bnt.BatchNorm2d, torch.float32))
     gen = torch.Generator().manual_seed(0)
     images = torch.randn(32, 2, 8, 8, generator=gen) * 2 - 1
-    inference.recompute_statistics(model, images.split(16))
+    bnt.recompute_statistics(model, images.split(16))
     model.eval()
-    folded = inference.fold_batch_norms(model)
-    assert not any(inference.is_batch_norm(m) for m in folded.modules())
+    folded = bnt.fold_batch_norms(model)
+    assert not any(bnt.is_batch_norm(m) for m in folded.modules())
     with torch.no_grad():
         assert (folded(images) - model(images)).abs().max().item() <= FOLD_TOL[torch.float32]
 
@@ -364,8 +310,8 @@ def test_frozen_batch_norm_is_eval_mode_whatever_the_mode_and_learns_only_gamma_
     model = _randomize_affine(_mlp(norm))
     model(_data())
     model.eval()
-    frozen = inference.freeze_batch_norms(model)
-    assert [type(block.norm) for block in frozen[:2]] == [inference.FrozenBatchNorm] * 2
+    frozen = bnt.freeze_batch_norms(model)
+    assert [type(block.norm) for block in frozen[:2]] == [bnt.FrozenBatchNorm] * 2
     x = _data(30, seed=3)
     frozen.train()
     assert torch.allclose(frozen(x), model(x), rtol=0, atol=1e-12)
@@ -385,11 +331,11 @@ def test_frozen_batch_norm_is_eval_mode_whatever_the_mode_and_learns_only_gamma_
 
 def test_freeze_errors_and_single_module():
     with pytest.raises(ValueError, match="no running statistics"):
-        inference.freeze_batch_norms(_mlp(lambda w: bnt.BatchNorm1d(w, track_running_stats=False)))
+        bnt.freeze_batch_norms(_mlp(lambda w: bnt.BatchNorm1d(w, track_running_stats=False)))
     with pytest.raises(TypeError, match="bn must be"):
-        inference.FrozenBatchNorm(torch.nn.LayerNorm(3))
-    frozen = inference.freeze_batch_norms(torch.nn.BatchNorm1d(3, affine=False))
-    assert isinstance(frozen, inference.FrozenBatchNorm) and frozen.weight is None
+        bnt.FrozenBatchNorm(torch.nn.LayerNorm(3))
+    frozen = bnt.freeze_batch_norms(torch.nn.BatchNorm1d(3, affine=False))
+    assert isinstance(frozen, bnt.FrozenBatchNorm) and frozen.weight is None
     assert torch.equal(frozen(torch.ones(1, 3)), torch.nn.BatchNorm1d(3).eval()(torch.ones(1, 3)))
 
 

@@ -1,4 +1,4 @@
-"""bnlib.landscape.along_gradient: exact on a quadratic loss, and it changes nothing."""
+"""bnlib.book.landscape.along_gradient: exact on a quadratic loss, and it changes nothing."""
 
 import copy
 
@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from bnlib import models
+from bnlib.book import models
 from bnlib import torch as bnt
-from bnlib.landscape import along_gradient
+from bnlib.book.landscape import along_gradient
 
 
 def _half_mse(out, y):

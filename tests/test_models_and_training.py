@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from bnlib import data, models, training
+from bnlib.book import data, models, training
 from bnlib import torch as bnt
 
 

@@ -1,9 +1,9 @@
-"""bnlib.models.cnn: layout, shapes, the redundant conv bias, parity of BN factories, errors."""
+"""bnlib.book.models.cnn: layout, shapes, the redundant conv bias, parity of BN factories, errors."""
 
 import pytest
 import torch
 
-from bnlib import data, models, training
+from bnlib.book import data, models, training
 from bnlib import torch as bnt
 
 

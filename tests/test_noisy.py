@@ -1,4 +1,4 @@
-"""bnlib.noisy.NoisyBatchNorm1d: batch norm in eval mode; in training a fresh per-channel
+"""bnlib.book.layers.NoisyBatchNorm1d: batch norm in eval mode; in training a fresh per-channel
 scale and shift within the stated ranges at every call; errors before anything is built."""
 
 import numpy as np
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from bnlib import torch as bnt
-from bnlib.noisy import NoisyBatchNorm1d
+from bnlib.book.layers import NoisyBatchNorm1d
 
 
 def _pair(shape, **noise):

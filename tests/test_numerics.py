@@ -6,7 +6,7 @@ import torch
 
 from bnlib import numpy as bnp
 from bnlib import torch as bnt
-from bnlib.edge_cases import float32_offset_errors
+from bnlib.book.edge_cases import float32_offset_errors
 
 
 @pytest.mark.parametrize("offset", [1e4, 1e6, 1e8])

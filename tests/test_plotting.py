@@ -1,4 +1,4 @@
-"""bnlib.plotting.plot_spread: the line is the mean, the band the min-max or the std."""
+"""bnlib.book.plotting.plot_spread: the line is the mean, the band the min-max or the std."""
 
 import matplotlib
 
@@ -7,7 +7,7 @@ matplotlib.use("Agg")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from bnlib.plotting import COLORS, plot_spread, subplots  # noqa: E402
+from bnlib.book.plotting import COLORS, plot_spread, subplots  # noqa: E402
 
 
 def _band_limits(area):

@@ -6,8 +6,8 @@ from collections import Counter
 
 import pytest
 
-from bnlib import edge_cases
-from bnlib.edge_cases import CASES, ENTRY_POINTS, NP_LAYER, T_FUNCTION, T_MODULES
+from bnlib.book import edge_cases
+from bnlib.book.edge_cases import CASES, ENTRY_POINTS, NP_LAYER, T_FUNCTION, T_MODULES
 
 CONSTRUCTOR = re.compile(r"BatchNorm(1d|2d|3d)?\([^)]*\)")  # an input that is only a constructor call
 

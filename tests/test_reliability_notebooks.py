@@ -1,4 +1,5 @@
-"""CI runs every notebook under nbval (strict) twice: with OMP_NUM_THREADS=1 and with 2.
+"""CI runs every notebook under nbval (strict) twice: as a reader's machine runs it, and with
+rounding noise after every optimizer step (tests/rounding_noise.py).
 
 Running the notebooks here would double CI's time; these tests read the Makefile and the CI
 script instead, so that an edit that drops a thread count or a notebook fails the unit tests.
@@ -23,16 +24,18 @@ def _recipe(target):
     return match.group(1), match.group(2)
 
 
-def test_nbval_runs_with_one_and_with_two_threads():
-    assert {"1", "2"} <= set(_variable("NBVAL_THREADS").split())
+def test_nbval_runs_every_notebook_strictly_twice_the_second_time_with_rounding_noise():
+    nbval = re.search(r"^NBVAL := (.*?)(?<!\\)$", MAKEFILE, re.MULTILINE | re.DOTALL)
+    assert nbval, "NBVAL is not set in the Makefile"
+    command = nbval.group(1).replace("\\\n", " ")
+    assert re.search(r"--nbval\s", command) and "--nbval-lax" not in MAKEFILE  # strict
+    assert "--dist loadscope" in command  # each notebook whole on one worker
     _, recipe = _recipe("notebooks")
-    assert re.search(r"for t in \$\(NBVAL_THREADS\)", recipe)
-    assert "OMP_NUM_THREADS=$$t" in recipe
-    command = re.search(r"pytest (.*)", recipe.replace("\\\n", " "))
-    assert command, "the notebooks target does not run pytest"
-    assert re.search(r"--nbval\s", command.group(1)) and "--nbval-lax" not in recipe  # strict
-    assert "$(NOTEBOOKS)" in command.group(1)
-    assert "|| exit 1" in recipe  # a failure with one thread count stops the loop
+    runs = [line for line in recipe.splitlines() if "$(NBVAL) $(NOTEBOOKS)" in line]
+    assert len(runs) == 2, recipe
+    assert "BNLIB_ROUNDING_NOISE" not in runs[0]
+    assert "BNLIB_ROUNDING_NOISE=1" in runs[1] and "$(IPYTHON_NOISE)" in runs[1]
+    assert "cp tests/rounding_noise.py $(IPYTHON_NOISE)/profile_default/startup/" in recipe
 
 
 def test_every_notebook_is_in_the_nbval_run_and_make_test_runs_it():

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from bnlib import torch as bnt
-from bnlib.rnn import RecurrentBatchNorm, RecurrentClassifier
+from bnlib.book.models import RecurrentClassifier
+from bnlib.torch import RecurrentBatchNorm
 from reference import TOL, rel_err
 
 

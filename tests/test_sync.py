@@ -12,7 +12,8 @@ import torch
 import torch.distributed as dist
 
 from bnlib import torch as bnt
-from bnlib.torch.sync import SyncBatchNorm, combine_statistics, run_data_parallel, spawn_local
+from bnlib.book.distributed import run_data_parallel, spawn_local
+from bnlib.torch.sync import SyncBatchNorm, combine_statistics
 from reference import TOL, rel_err
 
 TIMEOUT = 180.0  # seconds for a whole spawned run (two processes importing torch, on a busy machine)
@@ -106,7 +107,7 @@ def test_convert_replaces_bnlib_batch_norms_and_keeps_their_state():
                                 torch.nn.Sequential(bnt.BatchNorm2d(2)))
     model[1](torch.randn(5, 3, dtype=torch.float64))
     model[1].eval()
-    converted = SyncBatchNorm.convert(model)
+    converted = SyncBatchNorm.convert_sync_batchnorm(model)
     assert isinstance(converted[1], SyncBatchNorm) and isinstance(converted[2][0], SyncBatchNorm)
     assert converted[1].running_var.dtype == torch.float64 and not converted[1].training
     assert int(converted[1].num_batches_tracked) == 1

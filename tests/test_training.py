@@ -1,9 +1,9 @@
-"""bnlib.training.train(eval_steps=...): an explicit evaluation schedule."""
+"""bnlib.book.training.train(eval_steps=...): an explicit evaluation schedule."""
 
 import numpy as np
 import pytest
 
-from bnlib import data, models, training
+from bnlib.book import data, models, training
 
 
 def _run(**kwargs):

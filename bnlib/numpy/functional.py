@@ -37,6 +37,9 @@ import numpy as np
 
 from .. import _checks
 
+__all__ = ["BatchNormCache", "batch_norm_backward", "batch_norm_forward",
+           "batch_norm_inference", "check_input"]
+
 
 class BatchNormCache(NamedTuple):
     """What :func:`batch_norm_backward` needs, plus the batch statistics for the caller.
@@ -90,15 +93,25 @@ def _as_float_array(name, a):
     return a
 
 
+def as_parameter(name, value, shape):
+    """gamma or beta: None, or a floating array of ``shape`` (any floating dtype: it is cast
+    to the dtype the input is computed in)."""
+    if value is None:
+        return None
+    value = _as_float_array(name, value)
+    _checks.check_parameter(name, value.shape, shape, True, value.dtype, (value.dtype,))
+    return value
+
+
 def _check_affine(gamma, beta, num_channels):
     """gamma and beta: both None, or float vectors of shape (C,)."""
-    out = []
-    for name, v in (("gamma", gamma), ("beta", beta)):
-        if v is not None:
-            v = _as_float_array(name, v)
-            _checks.check_channel_vector(name, v.shape, num_channels)
-        out.append(v)
-    return out
+    return as_parameter("gamma", gamma, (num_channels,)), as_parameter("beta", beta, (num_channels,))
+
+
+def _check_eps_fits(eps, dtype):
+    """eps must not round to 0 in the dtype the statistics of ``dtype`` input are computed in."""
+    compute = _compute_dtype(dtype)
+    _checks.check_eps_fits(eps, float(np.finfo(compute).smallest_subnormal), compute.name)
 
 
 def check_input(x, training):
@@ -129,7 +142,7 @@ def batch_norm_forward(x, gamma=None, beta=None, eps=1e-5):
     x = check_input(x, training=True)
     _checks.check_eps(eps)
     gamma, beta = _check_affine(gamma, beta, x.shape[1])
-    _checks.check_eps_fits(eps, _compute_dtype(x.dtype))
+    _check_eps_fits(eps, x.dtype)
 
     dtype = _compute_dtype(x.dtype)
     # A C-ordered array of the compute dtype: x itself when it already is one (then it must
@@ -270,7 +283,7 @@ def batch_norm_inference(x, mean, var, gamma=None, beta=None, eps=1e-5):
     _checks.check_channel_vector("mean", mean.shape, x.shape[1])
     _checks.check_channel_vector("var", var.shape, x.shape[1])
     _checks.check_nonnegative("var", var)
-    _checks.check_eps_fits(eps, _compute_dtype(x.dtype))
+    _check_eps_fits(eps, x.dtype)
 
     dtype = _compute_dtype(x.dtype)
     invstd = 1.0 / np.sqrt(var.astype(dtype) + dtype.type(eps))

@@ -2,6 +2,8 @@
 
 import numpy as np
 
+__all__ = ["numerical_gradient", "relative_error"]
+
 
 def numerical_gradient(f, x, dy, h=1e-6):
     """The gradient of ``sum(f(x) * dy)`` with respect to x, by central differences.

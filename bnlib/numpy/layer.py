@@ -6,6 +6,8 @@ from .. import _checks
 from .functional import (_as_float_array, batch_norm_backward, batch_norm_forward,
                          batch_norm_inference)
 
+__all__ = ["BatchNorm"]
+
 _STATE_KEYS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 
 

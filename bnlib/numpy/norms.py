@@ -24,8 +24,12 @@ from typing import NamedTuple, Optional
 import numpy as np
 
 from .. import _checks
-from .functional import BatchNormCache, batch_norm_backward, batch_norm_forward
+from .functional import (BatchNormCache, _as_float_array, as_parameter, batch_norm_backward,
+                         batch_norm_forward)
 from .layer import _Layer
+
+__all__ = ["GroupNorm", "LayerNorm", "NormCache", "group_norm_backward",
+           "group_norm_forward", "layer_norm_backward", "layer_norm_forward"]
 
 
 class NormCache(NamedTuple):
@@ -58,39 +62,12 @@ def _normalize_sets(x, set_size, eps):
     return cache.xhat.T.reshape(x.shape), cache
 
 
-def _check_param(name, value, shape):
-    if value is None:
-        return None
-    value = np.asarray(value)
-    _checks.check_float_dtype(name, np.issubdtype(value.dtype, np.floating), value.dtype)
-    if value.shape != tuple(shape):
-        raise ValueError(f"{name} must have shape {tuple(shape)}, got shape {value.shape}")
-    return value
-
-
 def _affine(xhat, gamma, beta, view, input_dtype):
     """gamma * xhat + beta in the compute dtype, returned in the input's dtype."""
     y = xhat if gamma is None else xhat * gamma.astype(xhat.dtype).reshape(view)
     if beta is not None:
         y = y + beta.astype(xhat.dtype).reshape(view)
     return y.astype(input_dtype, copy=False)
-
-
-def _as_input(x):
-    x = np.asarray(x)
-    _checks.check_float_dtype("x", np.issubdtype(x.dtype, np.floating), x.dtype)
-    return x
-
-
-def _normalized_shape(normalized_shape):
-    if isinstance(normalized_shape, (int, np.integer)):
-        normalized_shape = (int(normalized_shape),)
-    shape = tuple(normalized_shape)
-    if not shape or any(isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d < 1
-                        for d in shape):
-        raise ValueError(f"normalized_shape must be a positive int or a non-empty tuple of "
-                         f"positive ints, got {normalized_shape!r}")
-    return tuple(int(d) for d in shape)
 
 
 def layer_norm_forward(x, normalized_shape, gamma=None, beta=None, eps=1e-5):
@@ -120,13 +97,13 @@ def layer_norm_forward(x, normalized_shape, gamma=None, beta=None, eps=1e-5):
         ValueError: bad ``normalized_shape``, x whose trailing dims differ from it, gamma/beta
             of another shape, eps <= 0, or a ``normalized_shape`` of a single value.
     """
-    x = _as_input(x)
-    shape = _normalized_shape(normalized_shape)
+    x = _as_float_array("x", x)
+    shape = _checks.normalized_shape(normalized_shape)
     if x.ndim < len(shape) or x.shape[x.ndim - len(shape):] != shape:
         raise ValueError(f"layer norm over normalized_shape={shape} expects input of shape "
                          f"(*, {', '.join(map(str, shape))}), got {x.shape}")
     _checks.check_eps(eps)
-    gamma, beta = _check_param("gamma", gamma, shape), _check_param("beta", beta, shape)
+    gamma, beta = as_parameter("gamma", gamma, shape), as_parameter("beta", beta, shape)
     xhat, rows = _normalize_sets(x, int(np.prod(shape)), eps)
     lead = tuple(range(x.ndim - len(shape)))
     cache = NormCache(rows, xhat, gamma, lead, shape, shape, x.dtype)
@@ -162,25 +139,18 @@ def group_norm_forward(x, num_groups, gamma=None, beta=None, eps=1e-5):
         ValueError: rank < 2, G not a positive divisor of C, gamma/beta not of shape (C,),
             eps <= 0, or groups of a single value.
     """
-    x = _as_input(x)
+    x = _as_float_array("x", x)
     if x.ndim < 2:
         raise ValueError(f"group norm expects input of shape (N, C, *), got {x.shape}")
-    _check_num_groups(num_groups, x.shape[1])
+    _checks.check_num_groups(num_groups, x.shape[1])
     _checks.check_eps(eps)
     c = x.shape[1]
-    gamma, beta = _check_param("gamma", gamma, (c,)), _check_param("beta", beta, (c,))
+    gamma, beta = as_parameter("gamma", gamma, (c,)), as_parameter("beta", beta, (c,))
     set_size = (c // num_groups) * int(np.prod(x.shape[2:], dtype=np.int64))
     xhat, rows = _normalize_sets(x, set_size, eps)
     view = (c,) + (1,) * (x.ndim - 2)
     cache = NormCache(rows, xhat, gamma, (0,) + tuple(range(2, x.ndim)), (c,), view, x.dtype)
     return _affine(xhat, gamma, beta, view, x.dtype), cache
-
-
-def _check_num_groups(num_groups, num_channels):
-    if (isinstance(num_groups, bool) or not isinstance(num_groups, (int, np.integer))
-            or num_groups < 1 or num_channels % num_groups):
-        raise ValueError(f"num_groups must be a positive divisor of the {num_channels} "
-                         f"channels, got {num_groups!r}")
 
 
 def _norm_backward(dy, cache):
@@ -299,7 +269,7 @@ class LayerNorm(_Norm):
 
     def __init__(self, normalized_shape, eps=1e-5, elementwise_affine=True, bias=True,
                  dtype=np.float64):
-        self.normalized_shape = _normalized_shape(normalized_shape)
+        self.normalized_shape = _checks.normalized_shape(normalized_shape)
         super().__init__(self.normalized_shape, eps, elementwise_affine, bias, dtype)
 
     def forward(self, x):
@@ -331,7 +301,7 @@ class GroupNorm(_Norm):
 
     def __init__(self, num_groups, num_channels, eps=1e-5, affine=True, dtype=np.float64):
         _checks.check_num_features(num_channels)
-        _check_num_groups(num_groups, num_channels)
+        _checks.check_num_groups(num_groups, num_channels)
         self.num_groups, self.num_channels = num_groups, num_channels
         super().__init__((num_channels,), eps, affine, True, dtype)
 

@@ -23,7 +23,11 @@ from typing import NamedTuple
 import numpy as np
 
 from .. import _checks
-from .functional import _check_affine, _compute_dtype, _per_channel, _reduce_axes, check_input
+from .functional import (_check_affine, _check_eps_fits, _compute_dtype, _per_channel,
+                         _reduce_axes, check_input)
+
+__all__ = ["GRAPH", "Node", "StagedCache", "batch_norm_backward_staged",
+           "batch_norm_forward_staged"]
 
 
 class Node(NamedTuple):
@@ -96,7 +100,7 @@ def batch_norm_forward_staged(x, gamma=None, beta=None, eps=1e-5):
     x = check_input(x, training=True)
     _checks.check_eps(eps)
     gamma, beta = _check_affine(gamma, beta, x.shape[1])
-    _checks.check_eps_fits(eps, _compute_dtype(x.dtype))
+    _check_eps_fits(eps, x.dtype)
     if x.size == 0:
         raise ValueError(f"the staged forward needs a non-empty batch, got shape {x.shape}")
     input_dtype, dtype = x.dtype, _compute_dtype(x.dtype)

@@ -4,8 +4,10 @@ Batch norm is memory-bound, so these kernels count trips to memory and input-siz
 allocations rather than arithmetic: only the output is allocated at input size, and every
 reduction but one reads memory without writing a temporary.
 
-Nothing here is tracked by autograd (``_BatchNormTraining`` calls these inside an
-``autograd.Function``); the differentiable formulas live in :mod:`.functional`.
+Nothing here is tracked by autograd (``_BatchNormFunction`` calls these inside an
+``autograd.Function`` in plain eager execution). The per-channel maths is that of
+:mod:`._formulas` (:func:`normalize_coefficients`, :func:`backward_coefficients`); what the
+kernels add is how the sums are computed.
 
 Conventions: statistics per channel over the m = N * prod(spatial) other values; **biased**
 variance; half-precision input is computed in float32.
@@ -13,6 +15,7 @@ variance; half-precision input is computed in float32.
 
 import torch
 
+from ._formulas import backward_coefficients, normalize_coefficients
 from ._reductions import (BLOCK_BYTES, add_up, blocks, per_channel, pivot, reduce_dims,
                           row_sum_of_squares, stats_dtype, sum_of_products)
 
@@ -22,8 +25,12 @@ MAX_SHIFT_RATIO = 4.0
 
 
 def _output(x):
-    """An uninitialized tensor like x in the statistics' dtype (float32 for half precision)."""
-    return torch.empty_like(x, dtype=stats_dtype(x.dtype))
+    """An uninitialized tensor of x's shape in the statistics' dtype (float32 for half
+    precision), contiguous or channels-last as torch's kernel returns (``suggest_memory_format``)."""
+    layout = torch.channels_last if x.dim() == 4 else torch.channels_last_3d
+    if x.dim() not in (4, 5) or x.is_contiguous() or not x.is_contiguous(memory_format=layout):
+        layout = torch.contiguous_format
+    return torch.empty(x.shape, dtype=stats_dtype(x.dtype), device=x.device, memory_format=layout)
 
 
 def _small(x):
@@ -92,13 +99,8 @@ def forward(x, weight, bias, eps, two_pass=False):
         if not kept:
             c = torch.sub(x, pivot_c, out=c).sub_(shift_c)
     # c is now x - K (single pass) or x - K - shift (two passes).
-    residual = shift if single_pass else None
-    invstd = torch.rsqrt(var + eps)
-    scale = invstd if weight is None else invstd * weight.to(invstd.dtype)
-    offset = None if bias is None else bias.to(scale.dtype)
-    if residual is not None:
-        offset = -residual * scale if offset is None else torch.addcmul(offset, residual, scale,
-                                                                        value=-1)
+    invstd, scale, offset = normalize_coefficients(var, eps, weight, bias,
+                                                   shift if single_pass else None)
     y = c.mul_(per_channel(scale, ndim))
     if offset is not None:
         y.add_(per_channel(offset, ndim))
@@ -108,10 +110,8 @@ def forward(x, weight, bias, eps, two_pass=False):
 def backward(x, dy, weight, mean, invstd):
     """dx, dgamma, dbeta of :func:`forward`, by the closed form.
 
-    With c = x - mean, ``dbeta = sum(dy)``, ``dgamma = invstd * sum(dy * c)`` and
-    ``dx = scale * (dy - dbeta / m - c * invstd^2 * sum(dy * c) / m)`` (scale = weight *
-    invstd): the batch mean and variance depend on every input, which removes the mean and
-    the projection onto xhat.
+    With c = x - mean, the two sums ``sum(dy)`` and ``sum(dy * c)`` give every coefficient
+    (:func:`._formulas.backward_coefficients`): ``dx = c * a + dy * scale + b``.
 
     torch has no fused multiply-and-reduce for sum(dy * c), and an input-sized temporary for
     the product costs more than its arithmetic. So sweep 1 walks over cache-sized blocks
@@ -134,12 +134,10 @@ def backward(x, dy, weight, mean, invstd):
         c = torch.sub(rows, centre, out=scratch[:rows.shape[0]])
         dy_sums.append(dy[part].sum(dims))
         products.append(sum_of_products(dy[part], c) if keep else c.mul_(dy[part]).sum(dims))
-    dbeta, dot = add_up(dy_sums), add_up(products)
-    scale = invstd if weight is None else invstd * weight.to(invstd.dtype)
-    a = per_channel(scale * invstd * invstd * dot / -m, ndim)
-    b = per_channel(scale * dbeta / -m, ndim)
-    scale_c = per_channel(scale, ndim)
+    a, scale, b, dgamma, dbeta = backward_coefficients(add_up(dy_sums), add_up(products),
+                                                       invstd, weight, m)
+    a, scale_c, b = (per_channel(v, ndim) for v in (a, scale, b))
     for part in parts:
         block = dx if keep else torch.sub(x[part], centre, out=dx[part])
         block.mul_(a).addcmul_(dy[part], scale_c).add_(b)
-    return dx, dot.mul_(invstd), dbeta
+    return dx, dgamma, dbeta

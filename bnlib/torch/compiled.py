@@ -1,10 +1,9 @@
 """An opt-in compiled batch norm: the closed forms of bnlib, fused by ``torch.compile``.
 
 ``batch_norm_compiled`` has the signature and semantics of :func:`bnlib.torch.batch_norm`.
-In training it runs an ``autograd.Function`` whose forward and backward are the same
-closed forms as :mod:`._kernels`, written as plain tensor operations and compiled with
-``torch.compile`` (TorchInductor generates one C++/OpenMP or Triton kernel per pass, so no
-intermediate touches memory). Eval mode and every argument check are shared with
+In training it runs an ``autograd.Function`` whose forward and backward are the formulas of
+:mod:`._formulas` (plain tensor operations) compiled with ``torch.compile`` (TorchInductor
+generates one C++/OpenMP or Triton kernel per pass, so no intermediate touches memory). Eval mode and every argument check are shared with
 :func:`bnlib.torch.batch_norm`.
 
 Opt-in because compiling costs seconds: nothing is compiled when bnlib is imported; the
@@ -13,8 +12,7 @@ needs a C++ compiler), later calls reuse the compiled code. The test suite and t
 never call it; ``make test-compiled`` runs its parity tests and ``python -m bnlib.bench
 --compile`` times it.
 
-Differences from :func:`bnlib.torch.batch_norm`: the mean is a plain (unshifted) sum, so a
-large offset costs digits as in torch's kernel; double backward is not supported (the
+Difference from :func:`bnlib.torch.batch_norm`: double backward is not supported (the
 backward is a compiled kernel, not a graph).
 """
 
@@ -23,40 +21,11 @@ import functools
 import torch
 from torch.autograd.function import once_differentiable
 
-from ._reductions import per_channel, reduce_dims, stats_dtype
-from .functional import batch_norm, check_arguments, update_running_stats
+from ._formulas import formula_backward, formula_forward, update_running_stats
+from ._reductions import stats_dtype
+from .functional import batch_norm, check_arguments
 
-
-def _forward_math(x, weight, bias, eps):
-    """Two-pass statistics and the affine map, in plain operations for the compiler.
-
-    Once compiled: one pass for the mean, one for the variance of the centred values (never
-    written to memory), one that writes y. (``var_mean``, which compiles to one Welford
-    pass, measured slower here.)
-    """
-    ndim, dims = x.dim(), reduce_dims(x.dim())
-    xs = x.to(stats_dtype(x.dtype))
-    mean = xs.mean(dims)
-    c = xs - per_channel(mean, ndim)
-    var = (c * c).mean(dims)
-    invstd = torch.rsqrt(var + eps)
-    y = c * per_channel(invstd * weight.to(invstd.dtype), ndim) + per_channel(
-        bias.to(invstd.dtype), ndim)
-    return y.to(x.dtype), mean, var, invstd
-
-
-def _backward_math(x, dy, weight, mean, invstd):
-    """The closed-form backward (see :func:`._kernels.backward`) in plain operations."""
-    ndim, dims = x.dim(), reduce_dims(x.dim())
-    m = x.numel() // x.shape[1]
-    c = x.to(mean.dtype) - per_channel(mean, ndim)
-    dy = dy.to(mean.dtype)
-    dbeta = dy.sum(dims)
-    dot = (dy * c).sum(dims)
-    scale = invstd * weight.to(invstd.dtype)
-    dx = (dy - per_channel(dbeta / m, ndim)
-          - c * per_channel(invstd * invstd * dot / m, ndim)) * per_channel(scale, ndim)
-    return dx.to(x.dtype), dot * invstd, dbeta
+__all__ = ["batch_norm_compiled"]
 
 
 @functools.cache
@@ -68,17 +37,17 @@ def _compiled(fn):
 class _CompiledTraining(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, eps):
-        y, mean, var, invstd = _compiled(_forward_math)(x, weight, bias, eps)
+        y, mean, var, invstd = _compiled(formula_forward)(x, weight, bias, eps)
         ctx.save_for_backward(x, weight, mean, invstd)
         ctx.mark_non_differentiable(mean, var)
-        return y, mean, var
+        return y.to(x.dtype), mean, var
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dy, _dmean, _dvar):
         x, weight, mean, invstd = ctx.saved_tensors
-        dx, dgamma, dbeta = _compiled(_backward_math)(x, dy.contiguous(), weight, mean, invstd)
-        return dx, dgamma.to(weight.dtype), dbeta.to(weight.dtype), None
+        dx, dgamma, dbeta = _compiled(formula_backward)(x, dy.contiguous(), weight, mean, invstd)
+        return dx.to(x.dtype), dgamma.to(weight.dtype), dbeta.to(weight.dtype), None
 
 
 def batch_norm_compiled(input, running_mean, running_var, weight=None, bias=None,
@@ -100,5 +69,5 @@ def batch_norm_compiled(input, running_mean, running_var, weight=None, bias=None
     if bias is None:
         bias = torch.zeros(c, dtype=param_dtype, device=input.device)
     y, mean, var = _CompiledTraining.apply(input, weight, bias, eps)
-    update_running_stats(running_mean, running_var, mean, var, input, momentum)
+    update_running_stats(running_mean, running_var, mean, var, input.numel() // c, momentum)
     return y

@@ -1,11 +1,15 @@
 """Batch normalization for torch tensors: ``batch_norm`` with the signature of ``F.batch_norm``.
 
-Training mode runs an ``autograd.Function`` whose backward is the hand-derived closed form
-(the same formula as :func:`bnlib.numpy.batch_norm_backward`). It saves only the input and
-two per-channel vectors; forward and backward are memory-lean kernels (:mod:`._kernels`).
-When a graph of the backward is requested (``create_graph=True``, ``gradgradcheck``) the same
-formula runs as differentiable torch operations, so double backward works. Eval mode is a fixed
-per-channel affine map made of plain torch operations.
+The formulas (statistics, normalization, closed-form backward, running update) live once in
+:mod:`._formulas`; this module checks the arguments and chooses how to run them.
+
+Training mode runs :class:`_BatchNormFunction`, an ``autograd.Function``. In plain eager
+execution its forward and backward are the memory-lean kernels of :mod:`._kernels` (which
+compute the same sums with fewer passes and no input-sized temporaries, then call the
+coefficient functions). Under ``torch.compile``/``torch.export``, ``torch.jit.trace`` and
+``torch.func`` transforms, and whenever a graph of the backward is requested (double
+backward), the same formulas run as plain out-of-place operations, which those tools can
+trace, batch and differentiate. Eval mode is a fixed per-channel affine map.
 
 Conventions (identical to ``torch.nn.functional.batch_norm``):
 
@@ -13,119 +17,107 @@ Conventions (identical to ``torch.nn.functional.batch_norm``):
   other values;
 * training normalizes with the **biased** batch variance and stores the **unbiased** one
   (times m / (m - 1)) in ``running_var``;
-* ``running = (1 - momentum) * running + momentum * batch_statistic``;
 * float16 / bfloat16 input: statistics in float32, output in the input dtype; parameters and
   running statistics may then be float32 (or the input's dtype).
+* The output is contiguous, or channels-last where the input is (torch's
+  ``suggest_memory_format``).
 * NaN and inf are data, not errors: in training they make their channel's output NaN and
   leave the other channels alone; an inf gives running_mean inf and running_var NaN, as in
   torch. In eval only the non-finite elements themselves are affected.
 * Bad arguments raise an error naming the argument and its value before anything is updated;
-  ``bnlib.edge_cases`` lists every case with its outcome.
+  the book's edge-case table (``bnlib.book.edge_cases``) lists every case with its outcome.
 """
 
 import torch
 
 from .. import _checks
 from . import _kernels
-from ._reductions import HALF, per_channel, pivot, reduce_dims, stats_dtype, sum_of_products
+from ._formulas import (batch_statistics, formula_backward, formula_forward,
+                        normalize_coefficients, update_running_stats)
+from ._reductions import HALF, per_channel, stats_dtype
+
+__all__ = ["batch_norm", "check_arguments"]
+
+_functorch_active = getattr(torch._C, "_are_functorch_transforms_active", lambda: False)
 
 
-def _batch_stats(x):
-    """Per-channel mean and biased variance by shifted data, two passes, tracked by autograd.
-
-    Each channel is first shifted by a value K near its mean (:func:`._reductions.pivot`;
-    ``x - K`` is exact when the values are close, by Sterbenz's lemma), then
-    ``mean = K + mean(x - K)`` and ``var = mean((x - mean)^2)``. Neither ``E[x^2] - E[x]^2``
-    nor a plain mean survives a large offset: in float32 the mean of 1000 copies of 1e8 is
-    off by 8. Autograd can follow every step (K is a constant), which the double backward and
-    the variants built on these statistics (sync, renorm) rely on. Returns
-    ``mean, var, centred``.
-    """
-    dims, ndim = reduce_dims(x.dim()), x.dim()
-    m = x.numel() // x.shape[1]
-    xs = x.to(stats_dtype(x.dtype))
-    k = pivot(xs.detach())
-    centred = xs - per_channel(k, ndim)
-    shift = centred.mean(dims)
-    centred.sub_(per_channel(shift, ndim))  # in place: the mean's backward needs no values
-    var = sum_of_products(centred, centred) / m
-    return k + shift, var, centred
+def eager(x):
+    """True in plain eager execution on a plain tensor, where the fast kernels (in-place
+    updates, ``out=`` buffers, a value read back to the host) may run. False under
+    ``torch.compile``/``torch.export``, ``torch.jit.trace`` and ``torch.func`` transforms."""
+    return (type(x) in (torch.Tensor, torch.nn.Parameter) and not torch.compiler.is_compiling()
+            and not torch.jit.is_tracing() and not _functorch_active())
 
 
-class _BatchNormTraining(torch.autograd.Function):
+class _BatchNormFunction(torch.autograd.Function):
     """y = (x - mean) * invstd * weight + bias with the batch's own mean and invstd.
 
-    Forward and backward are the kernels of :mod:`._kernels` (each allocates only its output
-    at input size; the backward walks over cache-sized blocks). Saved for backward: x and two
-    per-channel vectors.
+    Saved for backward: x, weight and two per-channel vectors. The fast kernels run in plain
+    eager execution; the out-of-place formulas otherwise (see the module docstring).
+    ``generate_vmap_rule``: under ``torch.func.vmap`` the formulas are batched as they are.
     """
 
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(ctx, x, weight, bias, eps):
-        y, mean, var, invstd = _kernels.forward(x, weight, bias, eps)
+    def forward(x, weight, bias, eps):
+        if eager(x):
+            y, mean, var, invstd = _kernels.forward(x, weight, bias, eps)
+        else:
+            y, mean, var, invstd = formula_forward(x, weight, bias, eps)
+        return y.to(x.dtype), mean, var, invstd
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, weight, bias, eps = inputs
+        _, mean, var, invstd = output
         ctx.save_for_backward(x, weight, mean, invstd)
         ctx.eps = eps
         ctx.bias_dtype = None if bias is None else bias.dtype
-        ctx.mark_non_differentiable(mean, var)
-        return y.to(x.dtype), mean, var
+        ctx.mark_non_differentiable(mean, var, invstd)
 
     @staticmethod
-    def backward(ctx, dy, _dmean, _dvar):
+    def backward(ctx, dy, _dmean, _dvar, _dinvstd):
         x, weight, mean, invstd = ctx.saved_tensors
         if torch.is_grad_enabled():
-            # create_graph=True: rebuild mean and invstd from x with tracked operations, so
-            # that the second derivative sees how they depend on x.
-            mean, var, _ = _batch_stats(x)
+            # A graph of the backward is requested (double backward, torch.func): rebuild mean
+            # and invstd from x with tracked operations, so that the second derivative sees
+            # how they depend on x.
+            mean, var, _ = batch_statistics(x)
             invstd = torch.rsqrt(var + ctx.eps)
-            dx, dgamma, dbeta = _backward_differentiable(x, dy, weight, mean, invstd)
-        else:
+            dx, dgamma, dbeta = formula_backward(x, dy, weight, mean, invstd)
+        elif eager(x):
             dx, dgamma, dbeta = _kernels.backward(x, dy, weight, mean, invstd)
+        else:
+            dx, dgamma, dbeta = formula_backward(x, dy, weight, mean, invstd)
         dweight = dgamma.to(weight.dtype) if ctx.needs_input_grad[1] else None
         dbias = dbeta.to(ctx.bias_dtype) if ctx.needs_input_grad[2] else None
         return dx.to(x.dtype), dweight, dbias, None
 
 
-def _backward_differentiable(x, dy, weight, mean, invstd):
-    """The closed form, out of place, so that autograd can differentiate it again.
-
-    dx = scale * (dy - mean(dy) - xhat * mean(dy * xhat)): the batch mean and variance depend
-    on every input, which removes the mean and the projection onto xhat.
-    """
-    ndim, dims = x.dim(), reduce_dims(x.dim())
-    m = x.numel() // x.shape[1]
-    xhat = (x.to(mean.dtype) - per_channel(mean, ndim)) * per_channel(invstd, ndim)
-    dy = dy.to(mean.dtype)
-    dbeta = dy.sum(dims)
-    dgamma = sum_of_products(dy, xhat)
-    scale = invstd if weight is None else invstd * weight.to(invstd.dtype)
-    dx = dy - per_channel(dbeta / m, ndim) - xhat * per_channel(dgamma / m, ndim)
-    return dx * per_channel(scale, ndim), dgamma, dbeta
-
-
-def _check_tensor(name, t, x, num_channels):
+def _check_tensor(name, t, x):
     """A per-channel tensor: shape (C,), floating, x's device, x's dtype (float32 allowed for half x)."""
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor or None, got {type(t).__name__}")
-    _checks.check_channel_vector(name, t.shape, num_channels)
-    _checks.check_float_dtype(name, t.is_floating_point(), t.dtype)
-    if t.device != x.device:
-        raise ValueError(f"{name} is on {t.device} but the input is on {x.device}")
-    allowed = (x.dtype, torch.float32) if x.dtype in HALF else (x.dtype,)
-    if t.dtype not in allowed:
-        raise TypeError(
-            f"{name} has dtype {t.dtype} but the input has dtype {x.dtype}; they must match "
-            f"(float32 parameters are also accepted for float16/bfloat16 input)"
-        )
+    _checks.check_parameter(name, t.shape, (x.shape[1],), t.is_floating_point(), t.dtype,
+                            (x.dtype, torch.float32) if x.dtype in HALF else (x.dtype,),
+                            t.device, x.device)
 
 
-def check_arguments(x, running_mean, running_var, weight, bias, training, momentum, eps):
-    """Raise the documented error for any bad argument of :func:`bnlib.torch.batch_norm`; change nothing."""
+def check_arguments(x, running_mean, running_var, weight, bias, training, momentum, eps,
+                    check_count=True):
+    """Raise the documented error for any bad argument of :func:`batch_norm`; change nothing.
+
+    ``check_count=False`` lets one value per channel through (a shard of synchronized batch
+    norm, whose statistics are over all processes).
+    """
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
     _checks.check_float_dtype("input", x.is_floating_point(), x.dtype)
-    _checks.check_input_shape(tuple(x.shape), training)
+    _checks.check_input_shape(tuple(x.shape), training and check_count)
     _checks.check_eps(eps)
-    _checks.check_eps_fits(eps, "float64" if x.dtype == torch.float64 else "float32")
+    info = torch.finfo(stats_dtype(x.dtype))
+    _checks.check_eps_fits(eps, info.smallest_normal * info.eps, str(info.dtype))
     _checks.check_momentum(momentum, allow_none=False)
     _checks.check_running_pair(running_mean, running_var)
     if not training and running_mean is None:
@@ -133,7 +125,7 @@ def check_arguments(x, running_mean, running_var, weight, bias, training, moment
     for name, t in (("running_mean", running_mean), ("running_var", running_var),
                     ("weight", weight), ("bias", bias)):
         if t is not None:
-            _check_tensor(name, t, x, x.shape[1])
+            _check_tensor(name, t, x)
     for name, t in (("running_mean", running_mean), ("running_var", running_var)):
         if t is not None:
             _checks.check_no_grad(name, t.requires_grad)
@@ -173,49 +165,47 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     """
     check_arguments(input, running_mean, running_var, weight, bias, training, momentum, eps)
     if not training:
-        return _normalize_fixed(input, running_mean, running_var, weight, bias, eps)
-    if input.numel() == 0:  # an empty batch: an empty output and nothing to update, as in torch
-        return input.clone()
-    y, mean, var = _BatchNormTraining.apply(input, weight, bias, eps)
-    update_running_stats(running_mean, running_var, mean, var, input, momentum)
-    return y
+        y = normalize_fixed(input, running_mean, running_var, weight, bias, eps)
+    elif input.numel() == 0:  # an empty batch: an empty output and nothing to update, as in torch
+        y = input.clone()
+    else:
+        y, mean, var, _ = _BatchNormFunction.apply(input, weight, bias, eps)
+        update_running_stats(running_mean, running_var, mean, var,
+                             input.numel() // input.shape[1], momentum)
+    layout = memory_format(input)
+    return y if y.is_contiguous(memory_format=layout) else y.contiguous(memory_format=layout)
 
 
-def update_running_stats(running_mean, running_var, mean, var, input, momentum):
-    """``running = (1 - momentum) * running + momentum * stat`` in place, unbiased variance.
-
-    Does nothing when there are no running statistics (both None).
-    """
-    if running_mean is None:
-        return
-    m = input.numel() // input.shape[1]
-    with torch.no_grad():
-        running_mean.mul_(1 - momentum).add_(mean.to(running_mean.dtype), alpha=momentum)
-        unbiased = var * (m / (m - 1))
-        running_var.mul_(1 - momentum).add_(unbiased.to(running_var.dtype), alpha=momentum)
-
-
-def _normalize_fixed(x, mean, var, weight, bias, eps):
+def normalize_fixed(x, mean, var, weight, bias, eps):
     """Eval mode: a per-channel affine map, differentiable by autograd (also twice).
 
-    When autograd needs none of the intermediate values (inference), the same operations run
-    in place in one buffer: the same numbers, without two extra input-sized allocations.
+    When autograd needs none of the intermediate values (inference in eager mode), the same
+    operations run in place in one buffer: the same numbers, without two extra input-sized
+    allocations.
     """
     dtype, ndim = stats_dtype(x.dtype), x.dim()
-    scale = torch.rsqrt(var.to(dtype) + eps)
-    if weight is not None:
-        scale = scale * weight.to(dtype)
+    _, scale, offset = normalize_coefficients(var.to(dtype), eps, weight, bias)
     # Subtract the mean before scaling: x * scale + (bias - mean * scale) loses digits when
     # the mean is large.
     y = x.to(dtype) - per_channel(mean.to(dtype), ndim)
     tracked = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x, weight, bias))
-    if tracked:
+    if tracked or not eager(x):
         y = y * per_channel(scale, ndim)
-        if bias is not None:
-            y = y + per_channel(bias.to(dtype), ndim)
+        if offset is not None:
+            y = y + per_channel(offset, ndim)
     else:
         y.mul_(per_channel(scale, ndim))
-        if bias is not None:
-            y.add_(per_channel(bias.to(dtype), ndim))
+        if offset is not None:
+            y.add_(per_channel(offset, ndim))
     return y.to(x.dtype)
+
+
+def memory_format(x):
+    """torch's ``suggest_memory_format``: channels-last where x is laid out so, else contiguous."""
+    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    if (x.dim() == 5 and not x.is_contiguous()
+            and x.is_contiguous(memory_format=torch.channels_last_3d)):
+        return torch.channels_last_3d
+    return torch.contiguous_format

@@ -12,13 +12,14 @@ import math
 import torch
 
 from .. import _checks
-from ._variant import BatchNormVariant
 from .functional import batch_norm
+from .modules import _BatchNormForward
+
+__all__ = ["GhostBatchNorm", "ghost_batch_norm", "per_group"]
 
 
 def _check_group_size(group_size, shape):
-    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
-        raise ValueError(f"group_size must be a positive int, got {group_size!r}")
+    _checks.check_positive_int("group_size", group_size)
     n = shape[0]
     if n % group_size:
         raise ValueError(f"a batch of {n} examples does not split into groups of {group_size}")
@@ -75,30 +76,30 @@ def ghost_batch_norm(input, group_size, running_mean, running_var, weight=None, 
                      momentum=momentum, eps=eps)
 
 
-class GhostBatchNorm(BatchNormVariant):
+class GhostBatchNorm(_BatchNormForward, torch.nn.modules.batchnorm._BatchNorm):
     """Batch norm with statistics per group of ``group_size`` examples (Hoffer et al., 2017).
 
     In training, the batch (N a multiple of ``group_size``) is split into consecutive groups
     and each is normalized with its own mean and biased variance: what G = N / group_size
     devices of data-parallel training compute without synchronized BN. The running
     statistics get one update per forward with the groups' average; eval mode is BatchNorm's.
-    Parameters, buffers and conventions are those of :class:`bnlib.torch.BatchNorm1d`.
+    A subclass of torch's ``_BatchNorm`` with its parameters, buffers and conventions; any
+    input of shape ``(N, C, *)``.
 
     Args:
         num_features: C.
         group_size: examples per group, B.
-        eps, momentum, affine, track_running_stats, device, dtype: as for BatchNorm.
+        *args, **kwargs: the other arguments of ``torch.nn.BatchNorm1d`` (eps, momentum,
+            affine, track_running_stats, device, dtype, bias).
 
     Example:
         >>> gbn = GhostBatchNorm(16, group_size=4)
         >>> y = gbn(torch.randn(32, 16, 8, 8))   # 8 groups of 4 images
     """
 
-    def __init__(self, num_features, group_size, eps=1e-5, momentum=0.1, affine=True,
-                 track_running_stats=True, device=None, dtype=None):
-        if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
-            raise ValueError(f"group_size must be a positive int, got {group_size!r}")
-        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype)
+    def __init__(self, num_features, group_size, *args, **kwargs):
+        _checks.check_positive_int("group_size", group_size)
+        super().__init__(num_features, *args, **kwargs)
         self.group_size = group_size
 
     def _normalize(self, input, running_mean, running_var, use_batch_stats, momentum):

@@ -1,109 +1,99 @@
-"""``BatchNorm1d/2d/3d`` modules: drop-in twins of ``torch.nn.BatchNorm1d/2d/3d`` built on bnlib."""
+"""``BatchNorm1d/2d/3d``: ``torch.nn.BatchNorm1d/2d/3d`` whose forward is computed by bnlib.
+
+Each class subclasses its ``torch.nn`` counterpart and overrides only :meth:`forward`: the
+constructor (with torch 2.13's keyword-only ``bias=``), parameters, buffers,
+``reset_parameters``, ``extra_repr`` and state-dict versioning are torch's. So every torch
+utility that looks for batch norms by ``isinstance`` finds them:
+``torch.optim.swa_utils.update_bn``, ``torch.func.replace_all_batch_norm_modules_``,
+``torch.nn.SyncBatchNorm.convert_sync_batchnorm`` (which replaces them by torch's own
+``SyncBatchNorm``; use :meth:`bnlib.torch.SyncBatchNorm.convert_sync_batchnorm` to get
+bnlib's), and ``isinstance(m, torch.nn.BatchNorm2d)`` filters for weight decay or init.
+
+What bnlib adds to torch's modules: arguments are checked when the module is built
+(``eps`` > 0, ``momentum`` in [0, 1] or None, ``num_features`` a positive int), every
+error is raised before anything changes (``num_batches_tracked`` included), and
+``load_state_dict`` is all or nothing.
+"""
 
 import torch
 
 from .. import _checks
 from .functional import batch_norm
 
+__all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d"]
 
-class _BatchNorm(torch.nn.Module):
-    """Parameters, buffers and forward shared by the BatchNorm modules (torch's ``_NormBase``).
 
-    Training mode normalizes with the batch mean and **biased** variance and updates
-    ``running = (1 - momentum) * running + momentum * stat``, storing the **unbiased**
-    variance (times m / (m - 1), m values per channel). ``momentum`` is the weight of the
-    *new* batch; ``momentum=None`` uses ``1 / num_batches_tracked`` (cumulative average).
-    ``num_batches_tracked`` counts every training forward. Eval mode uses the running
-    statistics; with ``track_running_stats=False`` batch statistics are used in both modes.
+def _batch_norm_forward(module, input):
+    """The forward of every bnlib batch norm: torch's ``_BatchNorm`` bookkeeping, then
+    ``module._normalize``.
 
-    Args:
-        num_features: C, the number of channels.
-        eps: added to the variance, > 0. Default 1e-5.
-        momentum: weight of the new batch in [0, 1], or None. Default 0.1.
-        affine: learnable ``weight`` (gamma, init 1) and ``bias`` (beta, init 0). Default True.
-        track_running_stats: buffers ``running_mean`` (init 0), ``running_var`` (init 1) and
-            ``num_batches_tracked`` (int64, init 0). Default True.
-        device, dtype: of the parameters and buffers (as for any torch module).
+    Training updates the running statistics with ``momentum`` (the weight of the new batch)
+    or, for ``momentum=None``, with ``1 / num_batches_tracked`` (a cumulative average),
+    passed as a 0-d tensor so that neither ``torch.compile`` nor a CUDA device has to read
+    the count back. ``num_batches_tracked`` counts every training forward and is only
+    incremented after a successful normalization. Without running statistics
+    (``track_running_stats=False``) batch statistics are used in eval mode too.
 
-    The ``state_dict`` keys are torch's (weight, bias, running_mean, running_var,
-    num_batches_tracked), so state dicts load both ways with ``torch.nn.BatchNorm1d/2d/3d``.
+    Wrapped for ``torch.fx`` (see the end of this module): a symbolic trace records one call
+    of this function with the module as an argument, so the traced graph reads the module's
+    mode and buffers when it runs, as it would call a leaf ``torch.nn.BatchNorm2d``.
+    """
+    if not isinstance(input, torch.Tensor):
+        raise TypeError(f"input must be a torch.Tensor, got {type(input).__name__}")
+    use_batch_stats = module.training or (module.running_mean is None
+                                          and module.running_var is None)
+    module._check_input(input, use_batch_stats)
+    keep_stats = not module.training or module.track_running_stats
+    counting = (module.training and module.track_running_stats
+                and module.num_batches_tracked is not None)
+    momentum = 0.0 if module.momentum is None else module.momentum
+    if counting and module.momentum is None:
+        count = module.num_batches_tracked + 1
+        momentum = count.to(module.running_mean.dtype).reciprocal()
+    y = module._normalize(input,
+                          module.running_mean if keep_stats else None,
+                          module.running_var if keep_stats else None,
+                          use_batch_stats, momentum)
+    if counting:  # only after the normalization succeeded: an error leaves the count as it was
+        module.num_batches_tracked.add_(1)
+    return y
+
+
+class _BatchNormForward:
+    """bnlib's forward and checks, mixed into a subclass of torch's ``_BatchNorm``.
+
+    Subclasses choose what normalizes (:meth:`_normalize`; default
+    :func:`bnlib.torch.batch_norm`) and which inputs are accepted (``_allowed_ndims``).
     """
 
-    _version = 2  # torch's BatchNorm version that has num_batches_tracked
-    _allowed_ndims = None
+    _allowed_ndims = None  # any rank >= 2
 
-    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
-                 track_running_stats=True, device=None, dtype=None):
+    def __init__(self, num_features, *args, **kwargs):
         _checks.check_num_features(num_features)
-        _checks.check_eps(eps)
-        _checks.check_momentum(momentum)
-        super().__init__()
-        factory = {"device": device, "dtype": dtype}
-        self.num_features = int(num_features)
-        self.eps = eps
-        self.momentum = momentum
-        self.affine = affine
-        self.track_running_stats = track_running_stats
-        if affine:
-            self.weight = torch.nn.Parameter(torch.empty(num_features, **factory))
-            self.bias = torch.nn.Parameter(torch.empty(num_features, **factory))
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
-        if track_running_stats:
-            self.register_buffer("running_mean", torch.zeros(num_features, **factory))
-            self.register_buffer("running_var", torch.ones(num_features, **factory))
-            self.register_buffer("num_batches_tracked",
-                                 torch.tensor(0, dtype=torch.long, device=device))
-        else:
-            self.register_buffer("running_mean", None)
-            self.register_buffer("running_var", None)
-            self.register_buffer("num_batches_tracked", None)
-        self.reset_parameters()
+        super().__init__(num_features, *args, **kwargs)
+        _checks.check_eps(self.eps)
+        _checks.check_momentum(self.momentum)
 
-    def reset_running_stats(self):
-        """running_mean = 0, running_var = 1, num_batches_tracked = 0."""
-        if self.track_running_stats:
-            self.running_mean.zero_()
-            self.running_var.fill_(1)
-            self.num_batches_tracked.zero_()
+    def _check_input(self, input, use_batch_stats):
+        """Rank, channel count, and more than one value per channel for batch statistics."""
+        _checks.check_input_shape(tuple(input.shape), use_batch_stats, self._allowed_ndims,
+                                  self.num_features)
 
-    def reset_parameters(self):
-        """Reset the running statistics, weight = 1 and bias = 0."""
-        self.reset_running_stats()
-        if self.affine:
-            torch.nn.init.ones_(self.weight)
-            torch.nn.init.zeros_(self.bias)
-
-    def extra_repr(self):
-        return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
-                f"affine={self.affine}, track_running_stats={self.track_running_stats}")
+    def _normalize(self, input, running_mean, running_var, use_batch_stats, momentum):
+        """Normalize; update the running statistics when they are given and batch statistics
+        are used."""
+        return batch_norm(input, running_mean, running_var, self.weight, self.bias,
+                          use_batch_stats, momentum, self.eps)
 
     def forward(self, input):
-        """Normalize ``(N, C, *)`` input with batch or running statistics.
+        """Normalize ``(N, C, *)`` input with batch statistics (training) or running ones (eval).
 
         Raises:
             TypeError: input that is not a floating-point tensor, or parameters of another dtype.
             ValueError: wrong rank for this module, C different from ``num_features``, one
                 value per channel in training. Nothing is updated when an error is raised.
         """
-        if not isinstance(input, torch.Tensor):
-            raise TypeError(f"input must be a torch.Tensor, got {type(input).__name__}")
-        use_batch_stats = self.training or (self.running_mean is None and self.running_var is None)
-        _checks.check_input_shape(tuple(input.shape), use_batch_stats, self._allowed_ndims,
-                                  self.num_features)
-        counting = self.training and self.track_running_stats and self.num_batches_tracked is not None
-        factor = 0.0 if self.momentum is None else self.momentum
-        if counting and self.momentum is None:
-            factor = 1.0 / (int(self.num_batches_tracked) + 1)
-        keep_stats = not self.training or self.track_running_stats
-        y = batch_norm(input,
-                       self.running_mean if keep_stats else None,
-                       self.running_var if keep_stats else None,
-                       self.weight, self.bias, use_batch_stats, factor, self.eps)
-        if counting:  # only after batch_norm succeeded: an error leaves the count unchanged
-            self.num_batches_tracked.add_(1)
-        return y
+        return _batch_norm_forward(self, input)
 
     def _checkpoint(self):
         """A function that puts every parameter and buffer back to its current object and value."""
@@ -134,12 +124,9 @@ class _BatchNorm(torch.nn.Module):
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict,
                               missing_keys, unexpected_keys, error_msgs):
-        # Checkpoints from torch < 0.4.1 have no num_batches_tracked: keep the current count.
-        key = prefix + "num_batches_tracked"
-        if self.num_batches_tracked is not None and key not in state_dict:
-            state_dict[key] = self.num_batches_tracked.clone()
-        # Loaded as part of a larger model, this module stays all or nothing too: an entry
-        # that cannot be loaded (always an error) undoes the entries copied before it.
+        # torch's own loader (it fills a missing num_batches_tracked for checkpoints older
+        # than version 2 only). Loaded as part of a larger model, this module stays all or
+        # nothing too: an entry that cannot be loaded undoes the entries copied before it.
         restore, errors = self._checkpoint(), len(error_msgs)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict,
                                       missing_keys, unexpected_keys, error_msgs)
@@ -147,8 +134,12 @@ class _BatchNorm(torch.nn.Module):
             restore()
 
 
-class BatchNorm1d(_BatchNorm):
-    """Batch normalization of (N, C) or (N, C, L) input; the twin of ``torch.nn.BatchNorm1d``.
+class BatchNorm1d(_BatchNormForward, torch.nn.BatchNorm1d):
+    """``torch.nn.BatchNorm1d`` computed by bnlib: (N, C) or (N, C, L) input.
+
+    Same constructor, parameters, buffers and semantics as torch's (see
+    :func:`bnlib.torch.batch_norm` for the conventions); see the module docstring for what
+    bnlib adds.
 
     Example:
         >>> bn = BatchNorm1d(100)
@@ -158,10 +149,9 @@ class BatchNorm1d(_BatchNorm):
     _allowed_ndims = (2, 3)
 
 
-class BatchNorm2d(_BatchNorm):
-    """Batch normalization of (N, C, H, W) input, per channel over N*H*W values.
-
-    The twin of ``torch.nn.BatchNorm2d``.
+class BatchNorm2d(_BatchNormForward, torch.nn.BatchNorm2d):
+    """``torch.nn.BatchNorm2d`` computed by bnlib: (N, C, H, W) input, statistics per channel
+    over N * H * W values.
 
     Example:
         >>> bn = BatchNorm2d(16)
@@ -171,7 +161,10 @@ class BatchNorm2d(_BatchNorm):
     _allowed_ndims = (4,)
 
 
-class BatchNorm3d(_BatchNorm):
-    """Batch normalization of (N, C, D, H, W) input; the twin of ``torch.nn.BatchNorm3d``."""
+class BatchNorm3d(_BatchNormForward, torch.nn.BatchNorm3d):
+    """``torch.nn.BatchNorm3d`` computed by bnlib: (N, C, D, H, W) input."""
 
     _allowed_ndims = (5,)
+
+
+torch.fx.wrap("_batch_norm_forward")

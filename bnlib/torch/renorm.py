@@ -25,9 +25,14 @@ import math
 
 import torch
 
-from ._variant import BatchNormVariant
-from .functional import _batch_stats, batch_norm, check_arguments
+from .. import _checks
+from ._formulas import batch_statistics
+from .functional import batch_norm, check_arguments
 from .ghost import per_group
+from .modules import _BatchNormForward
+
+__all__ = ["BatchRenorm", "batch_renorm", "relax_limits", "renorm_corrections",
+           "renorm_limits"]
 
 
 def _check_limits(r_max, d_max):
@@ -56,7 +61,7 @@ def _renorm_single(input, running_mean, running_var, weight, bias, training, mom
     """One group: batch norm with weight gamma * r and bias gamma * d + beta."""
     if input.numel() == 0:
         return batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps)
-    mean, var, _ = _batch_stats(input.detach())
+    mean, var, _ = batch_statistics(input.detach())
     r, d = renorm_corrections(mean, var, running_mean, running_var, eps, r_max, d_max)
     if weight is not None:
         r, d = weight * r.to(weight.dtype), weight * d.to(weight.dtype)
@@ -117,7 +122,7 @@ def renorm_limits(step, warmup_steps, ramp_steps, r_max=3.0, d_max=5.0):
 
 
 def relax_limits(warmup_steps, ramp_steps, r_max=3.0, d_max=5.0):
-    """An ``on_step(step, model)`` callback for :func:`bnlib.training.train`: :func:`renorm_limits`.
+    """An ``on_step(step, model)`` callback for :func:`bnlib.book.training.train`: :func:`renorm_limits`.
 
     After training step ``step`` it sets ``r_max`` and ``d_max`` of every
     :class:`BatchRenorm` in the model to their values for the next step.
@@ -133,19 +138,20 @@ def relax_limits(warmup_steps, ramp_steps, r_max=3.0, d_max=5.0):
     return on_step
 
 
-class BatchRenorm(BatchNormVariant):
+class BatchRenorm(_BatchNormForward, torch.nn.modules.batchnorm._BatchNorm):
     """Batch Renormalization of ``(N, C, *)`` input (Ioffe, 2017); eval mode is BatchNorm's.
 
     See :func:`bnlib.torch.batch_renorm`. ``r_max`` and ``d_max`` are plain attributes, to be raised
     during training (the paper starts from 1 and 0: see :func:`renorm_limits`).
-    Parameters, buffers and conventions are those of :class:`bnlib.torch.BatchNorm1d`;
-    running statistics are required.
+    A subclass of torch's ``_BatchNorm`` with its parameters, buffers and conventions; any
+    input of shape ``(N, C, *)``; running statistics are required.
 
     Args:
         num_features: C.
         r_max, d_max: the clipping limits. Default 3 and 5 (the paper's final values).
         group_size: None, or renormalize each group of that many examples on its own.
-        eps, momentum, affine, device, dtype: as for BatchNorm.
+        eps, momentum, affine, device, dtype, **kwargs: as for ``torch.nn.BatchNorm1d``
+            (``bias=`` too where torch has it).
 
     Example:
         >>> brn = BatchRenorm(16, r_max=1.0, d_max=0.0)   # starts as batch norm
@@ -154,12 +160,11 @@ class BatchRenorm(BatchNormVariant):
     """
 
     def __init__(self, num_features, r_max=3.0, d_max=5.0, group_size=None, eps=1e-5,
-                 momentum=0.1, affine=True, device=None, dtype=None):
+                 momentum=0.1, affine=True, device=None, dtype=None, **kwargs):
         _check_limits(r_max, d_max)
-        if group_size is not None and (isinstance(group_size, bool)
-                                       or not isinstance(group_size, int) or group_size < 1):
-            raise ValueError(f"group_size must be None or a positive int, got {group_size!r}")
-        super().__init__(num_features, eps, momentum, affine, True, device, dtype)
+        if group_size is not None:
+            _checks.check_positive_int("group_size", group_size)
+        super().__init__(num_features, eps, momentum, affine, True, device, dtype, **kwargs)
         self.r_max, self.d_max, self.group_size = r_max, d_max, group_size
 
     def _normalize(self, input, running_mean, running_var, use_batch_stats, momentum):

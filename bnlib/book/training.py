@@ -14,6 +14,8 @@ import torch
 
 from .data import DTYPE
 
+__all__ = ["History", "deterministic", "evaluate", "mean_and_spread", "train"]
+
 
 def deterministic(seed=0, threads=1):
     """Seed torch, NumPy and Python, fix torch's thread count, and make float64 the default.
@@ -87,7 +89,7 @@ def train(model, data, steps, batch_size=60, lr=0.1, momentum=0.0, weight_decay=
 
     Args:
         model: a classifier mapping ``data.x_train`` to logits.
-        data: a :class:`bnlib.data.Dataset`.
+        data: a :class:`bnlib.book.data.Dataset`.
         steps: number of SGD steps.
         batch_size: examples per step, drawn without replacement within each epoch.
         lr, momentum, weight_decay: of ``torch.optim.SGD``.

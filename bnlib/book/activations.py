@@ -1,11 +1,11 @@
 """What a layer's units receive: percentiles, saturation, and a trace of both over training.
 
->>> from bnlib.activations import ActivationTrace, layer_inputs
+>>> from bnlib.book.activations import ActivationTrace, layer_inputs
 >>> z = layer_inputs(model, x, ["2.act"])["2.act"]          # the input of a sigmoid, (N, D)
 >>> trace = ActivationTrace(model, x, ["0.act", "2.act"], every=50)
 >>> training.train(model, data, steps=3000, on_step=trace)  # records every 50 steps
 
-Layers are named as in ``model.named_modules()``: in a ``bnlib.models.mlp``, ``"2.act"`` is
+Layers are named as in ``model.named_modules()``: in a ``bnlib.book.models.mlp``, ``"2.act"`` is
 the activation of hidden layer 2, so its input is the pre-activation (after the norm, if any).
 """
 
@@ -17,6 +17,9 @@ import numpy as np
 import torch
 
 from .covariate_shift import as_numpy, wasserstein_1d
+
+__all__ = ["ActivationTrace", "LayerTrace", "layer_inputs", "percentiles",
+           "saturated_fraction", "sigmoid_saturation_threshold"]
 
 
 def sigmoid_saturation_threshold(ratio=0.1):
@@ -113,7 +116,7 @@ class ActivationTrace:
     """Statistics of the inputs of named layers on a fixed probe batch, over training.
 
     Records at step 0 when created, then every ``every`` steps when called as the
-    ``on_step(step, model)`` callback of :func:`bnlib.training.train` (which calls it after
+    ``on_step(step, model)`` callback of :func:`bnlib.book.training.train` (which calls it after
     step ``step``, i.e. after ``step + 1`` updates). Each record runs the probe batch through
     :func:`layer_inputs` (a copy of the model, random state untouched), so recording does
     not change the training run. For each layer it keeps:
@@ -122,7 +125,7 @@ class ActivationTrace:
     - the fraction of saturated inputs, ``|z| > threshold`` (default: where the sigmoid's
       slope is below a tenth of its maximum, :func:`sigmoid_saturation_threshold`);
     - per unit, the Wasserstein-1 distance between its inputs at this record and at the
-      previous one (:func:`bnlib.covariate_shift.wasserstein_1d`): how far the distribution
+      previous one (:func:`bnlib.book.covariate_shift.wasserstein_1d`): how far the distribution
       moved in ``every`` steps.
 
     Inputs with more than two dimensions are flattened to (N, features): every entry of a

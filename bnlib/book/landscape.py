@@ -1,6 +1,6 @@
 """How smooth the loss is along the gradient: Santurkar et al.'s (2018) landscape measurements.
 
->>> from bnlib.landscape import along_gradient
+>>> from bnlib.book.landscape import along_gradient
 >>> a = along_gradient(model, x, y, lrs=[0.05, 0.1, 0.2, 0.5, 1.0])
 >>> a.loss, a.gradient_change, a.smoothness
 
@@ -14,6 +14,8 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
+
+__all__ = ["AlongGradient", "along_gradient"]
 
 
 class AlongGradient(NamedTuple):

@@ -1,9 +1,10 @@
-"""Batch normalization at inference: running averages, population statistics, folding.
+"""Batch normalization at inference: population statistics, folding, freezing.
 
->>> from bnlib import inference
->>> inference.recompute_statistics(model, [x_train])          # Algorithm 2, exact (one batch)
->>> inference.recompute_statistics(model, x_train.split(60))  # Algorithm 2, batches of 60
->>> fast = inference.fold_batch_norms(model.eval())           # Linear/Conv + BN -> one layer
+>>> from bnlib import torch as bnt
+>>> bnt.recompute_statistics(model, [x_train])          # Algorithm 2, exact (one batch)
+>>> bnt.recompute_statistics(model, x_train.split(60))  # Algorithm 2, batches of 60
+>>> fast = bnt.fold_batch_norms(model.eval())           # Linear/Conv + BN -> one layer
+>>> tuned = bnt.freeze_batch_norms(model)               # statistics fixed for fine-tuning
 
 In eval mode a batch-norm layer is a fixed affine map per channel c,
 
@@ -14,71 +15,27 @@ In eval mode a batch-norm layer is a fixed affine map per channel c,
     s_c = \\frac{\\gamma_c}{\\sqrt{\\mathrm{Var}[x] + \\epsilon}},
 
 with ``E[x]`` and ``Var[x]`` the stored ``running_mean`` and ``running_var``. This module
-fills those two buffers (by torch's running average or by the paper's population
-statistics), folds the map into the preceding Linear or convolution, and freezes it for
-fine-tuning. It works with ``torch.nn.BatchNorm1d/2d/3d``, ``bnlib.torch.BatchNorm1d/2d/3d``
-and (for the statistics) the NumPy layer :class:`bnlib.numpy.BatchNorm`.
+fills those two buffers with the paper's population statistics, folds the map into the
+preceding Linear or convolution, and freezes it for fine-tuning. It works with every
+subclass of torch's ``_BatchNorm``: ``torch.nn.BatchNorm1d/2d/3d``, ``torch.nn.SyncBatchNorm``
+and bnlib's batch norms.
 """
 
 import copy
 
-import numpy as np
 import torch
 
-from . import _checks
-from .numpy import BatchNorm as NumpyBatchNorm
-from .torch import batch_norm
-from .torch.modules import _BatchNorm as _BnlibBatchNorm
+from .functional import batch_norm
 
-_TORCH_BATCH_NORMS = (torch.nn.modules.batchnorm._BatchNorm, _BnlibBatchNorm)
+__all__ = ["FrozenBatchNorm", "fold_batch_norm", "fold_batch_norms", "freeze_batch_norms",
+           "is_batch_norm", "recompute_statistics"]
+
+_BatchNorm = torch.nn.modules.batchnorm._BatchNorm
 
 
 def is_batch_norm(module):
-    """True for the batch-norm modules of torch and bnlib (torch, NumPy), also SyncBatchNorm."""
-    return isinstance(module, _TORCH_BATCH_NORMS + (NumpyBatchNorm,))
-
-
-def running_average(values, momentum=0.1, initial=0.0):
-    """The running averages a batch-norm layer stores after each batch of a sequence.
-
-    With ``v_t`` the statistic of batch t (its mean, or its **unbiased** variance) and
-    ``p = momentum`` (torch's convention: the weight of the new batch),
-
-    .. math::
-
-        r_0 = \\text{initial}, \\qquad r_t = (1 - p)\\, r_{t-1} + p\\, v_t
-            = (1 - p)^t r_0 + \\sum_{k=1}^t p (1 - p)^{t-k} v_k .
-
-    The weight ``(1 - p)^t`` left on the initial value is the start-up bias. With
-    ``momentum=None`` the factor is ``1 / t``: ``r_t`` is the plain mean of ``v_1 .. v_t``
-    and the initial value is forgotten at once. Keras, Flax and CS231n call ``1 - p`` the
-    momentum.
-
-    Args:
-        values: shape ``(T, *)``, the statistic of each of T batches (array or tensor).
-        momentum: in [0, 1], or None for the cumulative average.
-        initial: the value before the first batch, a number or shape ``(*)`` (torch starts
-            ``running_mean`` at 0 and ``running_var`` at 1).
-
-    Returns:
-        float64 array of shape ``(T, *)``: ``r_1 .. r_T``.
-
-    Raises:
-        ValueError: momentum outside [0, 1]; values with no batch axis.
-        TypeError: a momentum that is not a number or None.
-    """
-    _checks.check_momentum(momentum)
-    v = np.asarray(values.detach().cpu() if isinstance(values, torch.Tensor) else values,
-                   dtype=np.float64)
-    if v.ndim == 0:
-        raise ValueError("values needs a leading batch axis: shape (T, *), got a scalar")
-    out = np.empty_like(v)
-    r = np.broadcast_to(np.asarray(initial, dtype=np.float64), v.shape[1:])
-    for t in range(len(v)):
-        factor = 1.0 / (t + 1) if momentum is None else momentum
-        r = (1.0 - factor) * r + factor * v[t]
-        out[t] = r
-    return out
+    """True for every subclass of torch's ``_BatchNorm``: torch's and bnlib's batch norms."""
+    return isinstance(module, _BatchNorm)
 
 
 def _first_element(batch):
@@ -86,34 +43,12 @@ def _first_element(batch):
     return batch[0] if isinstance(batch, (tuple, list)) else batch
 
 
-def _statistics_layers(model, layers):
-    """The layers whose statistics to recompute, and the function that runs one batch."""
-    if isinstance(model, NumpyBatchNorm):
-        if layers is not None:
-            raise ValueError("layers must be None when model is itself a bnlib.numpy.BatchNorm")
-        layers = [model]
-    elif isinstance(model, torch.nn.Module):
-        if layers is not None:
-            raise ValueError("layers is for NumPy networks only: every batch norm of a torch "
-                             "model is recomputed (a layer left out would be trained too)")
-        # Layers without running statistics have nothing to recompute.
-        layers = [m for m in model.modules()
-                  if isinstance(m, _TORCH_BATCH_NORMS) and m.running_mean is not None]
-    elif not callable(model):
-        raise TypeError(f"model must be a torch.nn.Module, a bnlib.numpy.BatchNorm or a "
-                        f"callable, got {type(model).__name__}")
-    elif layers is None:
-        raise ValueError("a NumPy network (a plain callable) needs layers=[its bnlib.numpy."
-                         "BatchNorm layers]: there is no module tree to search")
-    layers = list(layers)
-    for layer in layers:
-        if not is_batch_norm(layer):
-            raise TypeError(f"layers must be batch-norm layers, got {type(layer).__name__}")
-    without = [layer for layer in layers if layer.running_mean is None]
-    if without:
-        raise ValueError(f"{len(without)} batch-norm layer(s) have no running statistics "
-                         f"(track_running_stats=False): they always normalize with batch "
-                         f"statistics, there is nothing to recompute")
+def _statistics_layers(model):
+    """The batch-norm layers of ``model`` whose statistics to recompute."""
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    # Layers without running statistics have nothing to recompute.
+    layers = [m for m in model.modules() if is_batch_norm(m) and m.running_mean is not None]
     if not layers:
         raise ValueError("model has no batch-norm layer with running statistics: there is "
                          "nothing to recompute")
@@ -122,23 +57,14 @@ def _statistics_layers(model, layers):
 
 def _state(layer):
     """Copies of what recomputing changes: statistics, count, momentum, mode."""
-    if isinstance(layer, NumpyBatchNorm):
-        stats = (layer.running_mean.copy(), layer.running_var.copy(),
-                 layer.num_batches_tracked.copy())
-    else:
-        stats = (layer.running_mean.clone(), layer.running_var.clone(),
-                 layer.num_batches_tracked.clone())
+    stats = (layer.running_mean.clone(), layer.running_var.clone(),
+             layer.num_batches_tracked.clone())
     return stats, layer.momentum, layer.training
 
 
 def _reset(layer):
     """running_mean = 0, running_var = 1, count 0, then the cumulative average."""
-    if isinstance(layer, NumpyBatchNorm):
-        layer.running_mean[...] = 0
-        layer.running_var[...] = 1
-        layer.num_batches_tracked[...] = 0
-    else:
-        layer.reset_running_stats()
+    layer.reset_running_stats()
     layer.momentum = None
     layer.train()
 
@@ -146,19 +72,15 @@ def _reset(layer):
 def _restore(layer, state, statistics_too):
     (mean, var, count), momentum, training = state
     if statistics_too:
-        if isinstance(layer, NumpyBatchNorm):
-            layer.running_mean[...], layer.running_var[...] = mean, var
-            layer.num_batches_tracked[...] = count
-        else:
-            layer.running_mean.copy_(mean)
-            layer.running_var.copy_(var)
-            layer.num_batches_tracked.copy_(count)
+        layer.running_mean.copy_(mean)
+        layer.running_var.copy_(var)
+        layer.num_batches_tracked.copy_(count)
     layer.momentum = momentum
     layer.train(training)
 
 
 @torch.no_grad()
-def recompute_statistics(model, batches, layers=None):
+def recompute_statistics(model, batches):
     """Replace running averages by population statistics: the paper's Algorithm 2.
 
     Resets every batch-norm layer, sets ``momentum=None`` (cumulative average), runs each
@@ -180,22 +102,18 @@ def recompute_statistics(model, batches, layers=None):
     mode inside a training model stays so), and an error leaves every statistic as it was.
 
     Args:
-        model: a ``torch.nn.Module`` (its batch-norm modules of torch or bnlib are found);
-            a :class:`bnlib.numpy.BatchNorm` (the batches are then its own inputs); or any
-            callable running a NumPy network, with ``layers`` naming its batch-norm layers.
+        model: a ``torch.nn.Module``; all its batch-norm modules (torch's and bnlib's) with
+            running statistics are recomputed.
         batches: an iterable of inputs, or of tuples/lists whose first item is the input
             (a DataLoader of ``(x, y)`` works). Run under ``torch.no_grad()``.
-        layers: for a NumPy network only, its :class:`bnlib.numpy.BatchNorm` layers. A
-            torch model's layers with running statistics are all found and recomputed.
 
     Raises:
-        TypeError: a model that is none of the above; ``layers`` that are not batch norms.
-        ValueError: no batch-norm layer with running statistics; ``layers`` given for a torch
-            model or missing for a NumPy network; a listed layer without running statistics;
-            no batches; any error of a forward pass (e.g. one value per channel). Nothing is
-            changed when an error is raised.
+        TypeError: a model that is not a ``torch.nn.Module``.
+        ValueError: no batch-norm layer with running statistics; no batches; any error of a
+            forward pass (e.g. one value per channel). Nothing is changed when an error is
+            raised.
     """
-    layers = _statistics_layers(model, layers)
+    layers = _statistics_layers(model)
     batches = iter(batches)
     first = next(batches, None)
     if first is None:
@@ -203,14 +121,12 @@ def recompute_statistics(model, batches, layers=None):
     states = [_state(layer) for layer in layers]
     # Each module's own flag, set without recursion: model.train(flag) would overwrite the
     # mode of a batch norm kept in eval mode inside a training model.
-    modes = ([(m, m.training) for m in model.modules()]
-             if isinstance(model, torch.nn.Module) else [])
+    modes = [(m, m.training) for m in model.modules()]
     failed = True
     try:
         for layer in layers:
             _reset(layer)
-        if modes:
-            model.train()
+        model.train()
         model(_first_element(first))
         for batch in batches:
             model(_first_element(batch))
@@ -224,7 +140,7 @@ def recompute_statistics(model, batches, layers=None):
 
 def _affine_parameters(bn):
     """``(scale, shift)`` in float64 with ``bn(x) = scale * x + shift`` per channel in eval mode."""
-    if not isinstance(bn, _TORCH_BATCH_NORMS):
+    if not isinstance(bn, _BatchNorm):
         raise TypeError(f"bn must be a torch or bnlib.torch batch-norm module, "
                         f"got {type(bn).__name__}")
     if bn.running_mean is None or bn.running_var is None:
@@ -319,7 +235,7 @@ def fold_batch_norms(model):
         names = list(module._modules)
         for first, second in zip(names, names[1:]):
             layer, bn = module._modules[first], module._modules[second]
-            if _foldable(layer) and isinstance(bn, _TORCH_BATCH_NORMS):
+            if _foldable(layer) and isinstance(bn, _BatchNorm):
                 module._modules[first] = fold_batch_norm(layer, bn)
                 module._modules[second] = torch.nn.Identity()
     return folded
@@ -344,7 +260,7 @@ class FrozenBatchNorm(torch.nn.Module):
 
     def __init__(self, bn):
         super().__init__()
-        if not isinstance(bn, _TORCH_BATCH_NORMS):
+        if not isinstance(bn, _BatchNorm):
             raise TypeError(f"bn must be a torch or bnlib.torch batch-norm module, "
                             f"got {type(bn).__name__}")
         if bn.running_mean is None:
@@ -371,46 +287,10 @@ def freeze_batch_norms(model):
     The model is not modified. Raises as :class:`FrozenBatchNorm`.
     """
     frozen = copy.deepcopy(model)
-    if isinstance(frozen, _TORCH_BATCH_NORMS):
+    if isinstance(frozen, _BatchNorm):
         return FrozenBatchNorm(frozen)
     for module in frozen.modules():
         for name, child in module._modules.items():
-            if isinstance(child, _TORCH_BATCH_NORMS):
+            if isinstance(child, _BatchNorm):
                 module._modules[name] = FrozenBatchNorm(child)
     return frozen
-
-
-@torch.no_grad()
-def predict_with_batch_statistics(model, x, batches):
-    """Outputs of ``model`` when each group of examples is normalized as one batch.
-
-    Runs a copy of the model in training mode (batch statistics), one forward per group,
-    so the outputs of an example depend on the other members of its group. The model and
-    its running statistics are not touched.
-
-    Args:
-        model: a torch module.
-        x: inputs, shape ``(N, *)``.
-        batches: index tensors (or lists) that together hold every index of ``range(N)``
-            exactly once, e.g. ``torch.randperm(N).split(60)``.
-
-    Returns:
-        A tensor with the outputs of all N examples in their original order.
-
-    Raises:
-        ValueError: batches that are not a partition of ``range(N)``; errors of the forward
-            pass (e.g. a group of one example: one value per channel).
-    """
-    groups = [torch.as_tensor(b, dtype=torch.long).reshape(-1) for b in batches]
-    if not groups:
-        raise ValueError("batches is empty: there is nothing to predict")
-    order = torch.cat(groups)
-    if not torch.equal(order.sort().values, torch.arange(len(x))):
-        raise ValueError(f"batches must hold every index of range({len(x)}) exactly once, "
-                         f"got {len(order)} indices")
-    runner = copy.deepcopy(model).train()
-    outputs = [runner(x[g]) for g in groups]
-    result = torch.empty((len(x),) + outputs[0].shape[1:], dtype=outputs[0].dtype,
-                         device=outputs[0].device)
-    result[order] = torch.cat(outputs)
-    return result

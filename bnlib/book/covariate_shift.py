@@ -1,7 +1,7 @@
 """Two measures of internal covariate shift: how far a layer's input distribution moves, and
 how much a layer's gradient changes when the layers below it are updated.
 
->>> from bnlib.covariate_shift import wasserstein_1d, gradient_shift
+>>> from bnlib.book.covariate_shift import wasserstein_1d, gradient_shift
 >>> moved = wasserstein_1d(z_before, z_after)           # (D,): one distance per unit
 >>> g = gradient_shift(model, list(model), x, y, lr=0.5)  # one value per layer
 
@@ -16,6 +16,8 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
+
+__all__ = ["GradientShift", "as_numpy", "gradient_shift", "wasserstein_1d"]
 
 
 def as_numpy(z):
@@ -80,13 +82,13 @@ def gradient_shift(model, layers, x, y, lr, loss_fn=torch.nn.functional.cross_en
     The model runs in its current mode (training mode: batch statistics). The computation
     happens on a copy, so the model's parameters and buffers (running statistics) are
     unchanged, and the random number generator is reset before every forward pass so that a
-    random layer (dropout, :class:`bnlib.noisy.NoisyBatchNorm1d`) draws the same numbers for
+    random layer (dropout, :class:`bnlib.book.layers.NoisyBatchNorm1d`) draws the same numbers for
     G and G' and is left as it was.
 
     Args:
         model: maps x to what ``loss_fn`` takes.
         layers: submodules of ``model`` in forward order, e.g. ``list(model)`` for a
-            ``bnlib.models.mlp``; each must have parameters.
+            ``bnlib.book.models.mlp``; each must have parameters.
         x, y: one batch.
         lr: the SGD learning rate of the step, >= 0.
         loss_fn: ``loss_fn(model(x), y)`` is the loss.

@@ -8,7 +8,7 @@ row's own check verifies, often against ``torch.nn``. ``tests/test_reliability_e
 turns every
 row into a test; the book's appendix runs them again and shows the table.
 
->>> from bnlib.edge_cases import CASES, run
+>>> from bnlib.book.edge_cases import CASES, run
 >>> outcome = run(CASES[0])   # raises AssertionError if the row's promise is broken
 >>> outcome.actual            # the error message, or a summary of the defined result
 
@@ -24,8 +24,11 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 
-from . import numpy as bnp
-from . import torch as bnt
+from .. import numpy as bnp
+from .. import torch as bnt
+
+__all__ = ["CASES", "ENTRY_POINTS", "EdgeCase", "Outcome", "Trial", "cases_for",
+           "float32_offset_errors", "run"]
 
 NP_FORWARD = "bnp.batch_norm_forward"
 NP_BACKWARD = "bnp.batch_norm_backward"

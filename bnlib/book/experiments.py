@@ -1,6 +1,6 @@
 """Controlled experiments over seeds: repeat a run, pick the best setting, judge a claim.
 
->>> from bnlib import experiments, models, data
+>>> from bnlib.book import data, experiments, models
 >>> d = data.load_digits()
 >>> runs = {lr: experiments.repeat(lambda: models.mlp(64, [64], 10), d, seeds=[0, 1, 2],
 ...                                steps=300, lr=lr) for lr in (0.01, 0.1, 1.0)}
@@ -26,7 +26,10 @@ import torch
 
 from . import training
 from .activations import layer_inputs
-from .inference import is_batch_norm
+from ..torch.inference import is_batch_norm
+
+__all__ = ["Comparison", "Runs", "VERDICTS", "best", "compare", "repeat", "variance_shift",
+           "verdict", "weight_gradient_norms", "without_dropout"]
 
 #: The three verdicts of the evidence table, from the strongest to the weakest.
 VERDICTS = ("holds", "holds with a caveat", "does not hold here")
@@ -38,7 +41,7 @@ class Runs:
 
     Attributes:
         seeds: the seeds, in order.
-        histories: one :class:`bnlib.training.History` per seed.
+        histories: one :class:`bnlib.book.training.History` per seed.
         models: the trained models, one per seed (for measurements after training).
         seconds: CPU seconds each run took (``time.process_time``; training is
             single-threaded, so this is what the run costs on an idle core).
@@ -103,9 +106,9 @@ def repeat(build, data, seeds, **train_kwargs):
 
     Args:
         build: a function of no arguments returning a new model.
-        data: a :class:`bnlib.data.Dataset`.
+        data: a :class:`bnlib.book.data.Dataset`.
         seeds: a non-empty list of distinct ints.
-        **train_kwargs: passed to :func:`bnlib.training.train` (``steps`` is required).
+        **train_kwargs: passed to :func:`bnlib.book.training.train` (``steps`` is required).
 
     Raises:
         TypeError: ``build`` is not a function (a model is refused: every seed needs a new one).
@@ -212,7 +215,7 @@ def without_dropout(model):
     The view shares every other module, parameter and buffer with ``model`` (nothing is
     copied), so running the view in training mode updates the model's batch-norm statistics
     as if dropout were switched off: the remedy for the variance shift of Li et al. (2018),
-    with :func:`bnlib.inference.recompute_statistics`. ``model`` itself is not changed.
+    with :func:`bnlib.torch.recompute_statistics`. ``model`` itself is not changed.
     Modules without dropout inside are returned as they are.
 
     Raises:
@@ -249,10 +252,10 @@ def variance_shift(model, x, names):
 
     Args:
         model: a ``torch.nn.Module``; it is not changed (see
-            :func:`bnlib.activations.layer_inputs`).
+            :func:`bnlib.book.activations.layer_inputs`).
         x: a batch of inputs, e.g. the test set.
         names: names of batch-norm submodules, e.g. ``["0.norm", "1.norm"]`` in a
-            :func:`bnlib.models.mlp`.
+            :func:`bnlib.book.models.mlp`.
 
     Returns:
         ``{name: shift}``, plain floats.

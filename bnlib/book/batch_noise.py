@@ -24,6 +24,9 @@ from typing import NamedTuple
 
 import torch
 
+__all__ = ["BatchNoise", "measured_noise", "population_moments", "predicted_noise",
+           "variance_noise"]
+
 
 class BatchNoise(NamedTuple):
     """Per feature: std of the batch mean / sigma, std of the biased batch variance / sigma^2,

@@ -1,12 +1,14 @@
 """One look for every figure of the book: colours, size and resolution in one place.
 
->>> from bnlib.plotting import COLORS, subplots
+>>> from bnlib.book.plotting import COLORS, subplots
 >>> fig, ax = subplots()
 >>> ax.plot(x, y, color=COLORS["with_bn"], label="with BN")
 """
 
 import matplotlib.pyplot as plt
 import numpy as np
+
+__all__ = ["COLORS", "FEATURE_COLORS", "plot_spread", "subplots"]
 
 #: Colours used across all chapters, so that "with BN" looks the same everywhere.
 COLORS = {

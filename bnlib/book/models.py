@@ -1,8 +1,19 @@
-"""Model builders shared by the chapters: the same network with and without normalization."""
+"""Model builders shared by the chapters: the same network with and without normalization.
+
+- :func:`mlp`: ``[Linear -> norm -> activation] * depth -> Linear``.
+- :func:`cnn`: ``[Conv2d -> norm -> activation -> MaxPool2d] * depth -> head``.
+- :class:`RecurrentClassifier`: an Elman RNN whose pre-activation is normalized at every step,
+  ``h_t = tanh(norm_t(W_x x_t + W_h h_{t-1}))``, classifying from the last state.
+"""
 
 from collections import OrderedDict
 
 import torch
+
+from .. import _checks
+from ..torch import LayerNorm, RecurrentBatchNorm
+
+__all__ = ["ACTIVATIONS", "RecurrentClassifier", "cnn", "mlp"]
 
 ACTIVATIONS = {"relu": torch.nn.ReLU, "sigmoid": torch.nn.Sigmoid, "tanh": torch.nn.Tanh,
                "identity": torch.nn.Identity}
@@ -110,8 +121,7 @@ def cnn(in_channels, channels, num_classes, activation="relu", norm=None,
             ``image_size`` that is not a positive int or that the pooling reduces to nothing.
     """
     for name, value in (("in_channels", in_channels), ("num_classes", num_classes)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
+        _checks.check_positive_int(name, value)
     if isinstance(activation, str) and activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)} or a module class, "
                          f"got {activation!r}")
@@ -126,8 +136,7 @@ def cnn(in_channels, channels, num_classes, activation="relu", norm=None,
     if not isinstance(pool, int) or pool < 1:
         raise ValueError(f"pool must be an int >= 1, got {pool!r}")
     if image_size is not None:
-        if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
-            raise ValueError(f"image_size must be None or a positive int, got {image_size!r}")
+        _checks.check_positive_int("image_size", image_size)
         side = image_size // pool ** len(channels)  # = rounding down after every block
         if side < 1:
             raise ValueError(f"image_size {image_size!r} is pooled to nothing by {len(channels)} "
@@ -148,3 +157,69 @@ def cnn(in_channels, channels, num_classes, activation="relu", norm=None,
                            linear=torch.nn.Linear(width * side * side, num_classes))
     blocks.append(torch.nn.Sequential(head))
     return torch.nn.Sequential(*blocks)
+
+
+class RecurrentClassifier(torch.nn.Module):
+    """An Elman RNN with a normalized pre-activation, classifying a sequence from its last state.
+
+    The input ``(N, L)`` (or ``(N, L, F)``) is read ``chunk`` values at a time: a signal of
+    length L becomes T = L / chunk steps of ``chunk * F`` inputs each.
+
+    Args:
+        input_size: F, features per time point (1 for a plain signal).
+        hidden_size: H.
+        num_classes: outputs.
+        norm: None, "layer" (:class:`bnlib.torch.LayerNorm`) or "batch"
+            (:class:`bnlib.torch.RecurrentBatchNorm`).
+        max_steps: T_max for "batch" (per-step statistics kept).
+        chunk: time points per step.
+
+    ``W_h`` starts orthogonal; with a norm, ``W_x`` and ``W_h`` have no bias (beta is it).
+
+    Raises:
+        ValueError: unknown norm; "batch" without max_steps; an input whose length is not
+            a multiple of ``chunk``.
+    """
+
+    def __init__(self, input_size, hidden_size, num_classes, norm=None, max_steps=None, chunk=1):
+        super().__init__()
+        if norm not in (None, "layer", "batch"):
+            raise ValueError(f"norm must be None, 'layer' or 'batch', got {norm!r}")
+        if norm == "batch" and max_steps is None:
+            raise ValueError("norm='batch' needs max_steps (the number of per-step statistics)")
+        self.chunk, self.hidden_size, self.norm_kind = chunk, hidden_size, norm
+        self.input = torch.nn.Linear(input_size * chunk, hidden_size, bias=norm is None)
+        self.recurrent = torch.nn.Linear(hidden_size, hidden_size, bias=False)
+        torch.nn.init.orthogonal_(self.recurrent.weight)
+        if norm == "layer":
+            self.norm = LayerNorm(hidden_size)
+        elif norm == "batch":
+            self.norm = RecurrentBatchNorm(hidden_size, max_steps)
+        self.output = torch.nn.Linear(hidden_size, num_classes)
+
+    def steps(self, x):
+        """The input as (N, T, chunk * F) steps."""
+        if x.dim() == 2:
+            x = x.unsqueeze(-1)
+        n, length, features = x.shape
+        if length % self.chunk:
+            raise ValueError(f"a sequence of length {length} does not split into steps of "
+                             f"{self.chunk}")
+        return x.reshape(n, length // self.chunk, self.chunk * features)
+
+    def forward(self, x, return_states=False):
+        """Logits ``(N, num_classes)``; with ``return_states`` also the pre-activations (N, T, H)."""
+        inputs = self.input(self.steps(x))
+        h = inputs.new_zeros(inputs.shape[0], self.hidden_size)
+        states = []
+        for t in range(inputs.shape[1]):
+            a = inputs[:, t] + self.recurrent(h)
+            if return_states:
+                states.append(a.detach())
+            if self.norm_kind == "layer":
+                a = self.norm(a)
+            elif self.norm_kind == "batch":
+                a = self.norm(a, t)
+            h = torch.tanh(a)
+        logits = self.output(h)
+        return (logits, torch.stack(states, 1)) if return_states else logits

@@ -21,11 +21,13 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+__all__ = ["DTYPE", "Dataset", "load_digits", "load_mnist", "load_mnist1d"]
+
 #: The dtype of every dataset, and so of every model the book trains on one. float64, not
 #: float32: different CPUs round float32 kernels differently in the last bit, and a few hundred
 #: SGD steps amplify that into the printed digits; in float64 the same differences start nine
 #: orders of magnitude lower and stay below what the book prints. See
-#: :func:`bnlib.training.deterministic`.
+#: :func:`bnlib.book.training.deterministic`.
 DTYPE = torch.float64
 
 

@@ -1,5 +1,7 @@
 """Helpers for the book's notebooks that must also run outside the book's toolchain."""
 
+__all__ = ["glue"]
+
 
 def glue(name, value, display=False):
     """Store ``value`` under ``name`` for ``{glue:text}`name``` in the book's prose.
