@@ -3,7 +3,7 @@
 The formulas (statistics, normalization, closed-form backward, running update) live once in
 :mod:`._formulas`; this module checks the arguments and chooses how to run them.
 
-Training mode runs :class:`_BatchNormFunction`, an ``autograd.Function``. In plain eager
+Training mode runs an ``autograd.Function`` (:class:`_BatchNormFunction`). In plain eager
 execution its forward and backward are the memory-lean kernels of :mod:`._kernels` (which
 compute the same sums with fewer passes and no input-sized temporaries, then call the
 coefficient functions). Under ``torch.compile``/``torch.export``, ``torch.jit.trace`` and
@@ -49,50 +49,69 @@ def eager(x):
             and not torch.jit.is_tracing() and not _functorch_active())
 
 
+def _forward(x, weight, bias, eps):
+    """The training forward: the fast kernels in plain eager execution, else the formulas."""
+    run = _kernels.forward if eager(x) else formula_forward
+    y, mean, var, invstd = run(x, weight, bias, eps)
+    return y.to(x.dtype), mean, var, invstd
+
+
+def _save(ctx, inputs, output):
+    """What the backward needs: x, weight and two per-channel vectors."""
+    x, weight, bias, eps = inputs
+    _, mean, var, invstd = output
+    ctx.save_for_backward(x, weight, mean, invstd)
+    ctx.eps = eps
+    ctx.bias_dtype = None if bias is None else bias.dtype
+    ctx.mark_non_differentiable(mean, var, invstd)
+
+
+def _backward(ctx, dy, _dmean, _dvar, _dinvstd):
+    """dx, dweight, dbias, None (for eps) by the closed form."""
+    x, weight, mean, invstd = ctx.saved_tensors
+    if torch.is_grad_enabled():
+        # A graph of the backward is requested (double backward, torch.func): rebuild mean
+        # and invstd from x with tracked operations, so that the second derivative sees how
+        # they depend on x.
+        mean, var, _ = batch_statistics(x)
+        invstd = torch.rsqrt(var + ctx.eps)
+        dx, dgamma, dbeta = formula_backward(x, dy, weight, mean, invstd)
+    elif eager(x):
+        dx, dgamma, dbeta = _kernels.backward(x, dy, weight, mean, invstd)
+    else:
+        dx, dgamma, dbeta = formula_backward(x, dy, weight, mean, invstd)
+    dweight = dgamma.to(weight.dtype) if ctx.needs_input_grad[1] else None
+    dbias = dbeta.to(ctx.bias_dtype) if ctx.needs_input_grad[2] else None
+    return dx.to(x.dtype), dweight, dbias, None
+
+
 class _BatchNormFunction(torch.autograd.Function):
     """y = (x - mean) * invstd * weight + bias with the batch's own mean and invstd.
 
-    Saved for backward: x, weight and two per-channel vectors. The fast kernels run in plain
-    eager execution; the out-of-place formulas otherwise (see the module docstring).
-    ``generate_vmap_rule``: under ``torch.func.vmap`` the formulas are batched as they are.
+    Returns ``y, mean, var, invstd`` (the last three not differentiable). Saved for backward:
+    x, weight and two per-channel vectors.
     """
 
+    @staticmethod
+    def forward(ctx, x, weight, bias, eps):
+        output = _forward(x, weight, bias, eps)
+        _save(ctx, (x, weight, bias, eps), output)
+        return output
+
+    backward = staticmethod(_backward)
+
+
+class _BatchNormFunctionForTransforms(torch.autograd.Function):
+    """The same function in the form ``torch.func`` transforms need (a separate
+    ``setup_context``; ``generate_vmap_rule``: under ``vmap`` the formulas are batched as
+    they are). Not used in plain eager execution: for this form ``apply`` binds the
+    arguments with ``inspect.signature`` on every call, which costs as much as a small
+    batch norm."""
+
     generate_vmap_rule = True
-
-    @staticmethod
-    def forward(x, weight, bias, eps):
-        if eager(x):
-            y, mean, var, invstd = _kernels.forward(x, weight, bias, eps)
-        else:
-            y, mean, var, invstd = formula_forward(x, weight, bias, eps)
-        return y.to(x.dtype), mean, var, invstd
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        x, weight, bias, eps = inputs
-        _, mean, var, invstd = output
-        ctx.save_for_backward(x, weight, mean, invstd)
-        ctx.eps = eps
-        ctx.bias_dtype = None if bias is None else bias.dtype
-        ctx.mark_non_differentiable(mean, var, invstd)
-
-    @staticmethod
-    def backward(ctx, dy, _dmean, _dvar, _dinvstd):
-        x, weight, mean, invstd = ctx.saved_tensors
-        if torch.is_grad_enabled():
-            # A graph of the backward is requested (double backward, torch.func): rebuild mean
-            # and invstd from x with tracked operations, so that the second derivative sees
-            # how they depend on x.
-            mean, var, _ = batch_statistics(x)
-            invstd = torch.rsqrt(var + ctx.eps)
-            dx, dgamma, dbeta = formula_backward(x, dy, weight, mean, invstd)
-        elif eager(x):
-            dx, dgamma, dbeta = _kernels.backward(x, dy, weight, mean, invstd)
-        else:
-            dx, dgamma, dbeta = formula_backward(x, dy, weight, mean, invstd)
-        dweight = dgamma.to(weight.dtype) if ctx.needs_input_grad[1] else None
-        dbias = dbeta.to(ctx.bias_dtype) if ctx.needs_input_grad[2] else None
-        return dx.to(x.dtype), dweight, dbias, None
+    forward = staticmethod(_forward)
+    setup_context = staticmethod(_save)
+    backward = staticmethod(_backward)
 
 
 def _check_tensor(name, t, x):
@@ -169,7 +188,8 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     elif input.numel() == 0:  # an empty batch: an empty output and nothing to update, as in torch
         y = input.clone()
     else:
-        y, mean, var, _ = _BatchNormFunction.apply(input, weight, bias, eps)
+        function = _BatchNormFunction if eager(input) else _BatchNormFunctionForTransforms
+        y, mean, var, _ = function.apply(input, weight, bias, eps)
         update_running_stats(running_mean, running_var, mean, var,
                              input.numel() // input.shape[1], momentum)
     layout = memory_format(input)
