@@ -44,7 +44,7 @@ unit: setup
 
 # The opt-in compiled path's parity tests (torch.compile: about a minute); not part of test.
 test-compiled: setup
-	BNLIB_TEST_COMPILED=1 $(BIN)/python -m pytest tests/test_compiled.py
+	BNLIB_TEST_COMPILED=1 $(BIN)/python -m pytest tests/torch/test_compiled.py
 
 # Two strict passes over every notebook: as a reader's machine runs it, then with rounding
 # noise (a few ulp on every parameter after every optimizer step): every stored output must

@@ -203,6 +203,7 @@ def _parse_shape(text):
 
 
 def main(argv=None):
+    """Run the benchmark with command-line arguments ``argv``; print the table, return the results."""
     parser = argparse.ArgumentParser(prog="python -m bnlib.bench", description=__doc__.split("\n")[0])
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--samples", type=int, default=15, help="timed rounds (default 15)")

@@ -1,5 +1,8 @@
 """Shared fixtures: the devices to test on (CUDA skipped with a visible reason when absent),
-and torch's default dtype restored after every test (``training.deterministic`` sets float64)."""
+torch's default dtype restored after every test (``training.deterministic`` sets float64), and
+a check that a test of spawned processes leaves none behind."""
+
+import multiprocessing
 
 import pytest
 import torch
@@ -26,3 +29,10 @@ def restore_default_dtype():
     dtype = torch.get_default_dtype()
     yield
     torch.set_default_dtype(dtype)
+
+
+@pytest.fixture
+def no_leftover_processes():
+    """Fails the test if a child process outlives it (tests that spawn processes use it)."""
+    yield
+    assert multiprocessing.active_children() == []

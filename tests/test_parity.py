@@ -13,12 +13,12 @@ import torch
 
 from bnlib import numpy as bnp
 from bnlib import torch as bnt
-from reference import TOL, batch, dx_scale, forward_backward, rel_err, torch_module_for
+from tests.reference import (BNT_MODULES, TOL, batch, dx_scale, forward_backward, rel_err,
+                             torch_module_for)
 
 SHAPES = [(16, 5), (7, 4, 9), (4, 3, 6, 5), (2, 3, 2, 3, 4), (2, 6, 1)]
 MOMENTA = [0.1, 0.7, None]
 CONFIGS = list(itertools.product(SHAPES, MOMENTA, [True, False], [True, False]))
-BNT_MODULES = {2: bnt.BatchNorm1d, 3: bnt.BatchNorm1d, 4: bnt.BatchNorm2d, 5: bnt.BatchNorm3d}
 
 
 class TorchCandidate:

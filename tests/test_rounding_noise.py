@@ -3,7 +3,7 @@ few ulp after each optimizer step, and leaves the notebook's own random numbers 
 
 import torch
 
-from rounding_noise import install
+from tests.rounding_noise import install
 
 
 def _step(model, lr=0.0):

@@ -9,7 +9,8 @@ module                      what it holds
 :mod:`.data`                offline datasets (MNIST 5k, 8x8 digits, MNIST-1D), float64
 :mod:`.models`              the networks under test: ``mlp``, ``cnn``, ``RecurrentClassifier``
 :mod:`.training`            seeding (float64 default), the SGD loop, evaluation
-:mod:`.experiments`         the experimental protocol: seeds, tuning, intervals, verdicts
+:mod:`.experiments`         runs over seeds, the best setting, measurements after training
+:mod:`.protocol`            the experimental protocol: tuning, intervals, verdicts
 :mod:`.plotting`            one look for every figure
 :mod:`.notebook`            ``glue``: numbers from code into the prose
 :mod:`.activations`         what layers see: inputs, percentiles, saturation, traces
@@ -22,6 +23,6 @@ module                      what it holds
 :mod:`.edge_cases`          the table of edge cases behind the reliability appendix
 ==========================  ==================================================================
 
->>> from bnlib.book import data, experiments, models, training
+>>> from bnlib.book import data, experiments, models, protocol, training
 >>> from bnlib.book.notebook import glue
 """

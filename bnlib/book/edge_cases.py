@@ -4,7 +4,7 @@ The table is data: each :class:`EdgeCase` prepares fresh objects, calls one entr
 states what must happen. Either an exception of a given type whose message matches a pattern
 (then nothing may have changed: the arrays and tensors passed in, and for a layer its
 parameters, running statistics and ``num_batches_tracked``), or a defined result that the
-row's own check verifies, often against ``torch.nn``. ``tests/test_reliability_edge_cases.py``
+row's own check verifies, often against ``torch.nn``. ``tests/book/test_edge_cases.py``
 turns every
 row into a test; the book's appendix runs them again and shows the table.
 

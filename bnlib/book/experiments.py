@@ -1,16 +1,13 @@
-"""Controlled experiments over seeds: repeat a run, pick the best setting, judge a claim.
+"""Runs over seeds: repeat a training run, pick the best setting, and measurements after training.
 
 >>> from bnlib.book import data, experiments, models
->>> d = data.load_digits()
->>> runs = {lr: experiments.repeat(lambda: models.mlp(64, [64], 10), d, seeds=[0, 1, 2],
+>>> d = data.load_digits(n_val=300)
+>>> runs = {lr: experiments.repeat(lambda: models.mlp(64, [64], 10), d, seeds=range(5),
 ...                                steps=300, lr=lr) for lr in (0.01, 0.1, 1.0)}
->>> best_lr = experiments.best(runs, lambda r: r.mean_final_accuracy)
->>> c = experiments.compare(runs[0.1].final_accuracy, runs[0.01].final_accuracy, min_effect=0.02)
->>> experiments.verdict(c.clear)  # "holds" if lr 0.1 ends clearly more accurate than 0.01
+>>> best_lr = experiments.best(runs, lambda r: r.mean_final_accuracy)  # on validation
 
-The chapter "Which benefits hold up" tests each advertised benefit of batch normalization
-with one such experiment; its verdicts come from :func:`compare` and :func:`verdict`, never
-from the prose. Two helpers measure the train/test "variance shift" of dropout placed before
+The experimental protocol (tuning every arm alike, intervals, verdicts) is built on these in
+:mod:`bnlib.book.protocol`. Two helpers measure the train/test "variance shift" of dropout placed before
 batch normalization (Li et al., 2018): :func:`variance_shift` and :func:`without_dropout`.
 :func:`weight_gradient_norms` shows how gradients grow or shrink from layer to layer.
 """
@@ -19,7 +16,6 @@ import copy
 import math
 import time
 from dataclasses import dataclass, field
-from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -28,12 +24,7 @@ from . import training
 from .activations import layer_inputs
 from ..torch.inference import is_batch_norm
 
-__all__ = ["Comparison", "Runs", "VERDICTS", "best", "compare", "repeat", "variance_shift",
-           "verdict", "weight_gradient_norms", "without_dropout"]
-
-#: The three verdicts of the evidence table, from the strongest to the weakest.
-VERDICTS = ("holds", "holds with a caveat", "does not hold here")
-
+__all__ = ["Runs", "best", "repeat", "variance_shift", "weight_gradient_norms", "without_dropout"]
 
 @dataclass
 class Runs:
@@ -54,8 +45,25 @@ class Runs:
 
     @property
     def final_accuracy(self):
-        """The last test accuracy of each run (chance level after a divergence)."""
+        """The last accuracy of each run on its evaluation split (validation when the data
+        has one; chance level after a divergence)."""
         return [h.final_accuracy for h in self.histories]
+
+    @property
+    def test_accuracy(self):
+        """Each run's test accuracy, measured once at the end (chance level after a divergence)."""
+        return [h.test_accuracy for h in self.histories]
+
+    @property
+    def test_correct(self):
+        """A (runs, n_test) bool array, true where a run classified a test example correctly.
+
+        Raises:
+            ValueError: a run diverged (it has no predictions to compare).
+        """
+        if any(h.test_correct is None for h in self.histories):
+            raise ValueError(f"{self.diverged} run(s) diverged: they have no test predictions")
+        return torch.stack([h.test_correct for h in self.histories]).numpy()
 
     @property
     def mean_final_accuracy(self):
@@ -67,7 +75,7 @@ class Runs:
         return sum(h.diverged for h in self.histories)
 
     def steps_to(self, target):
-        """Per run, the first evaluated step with test accuracy >= target (None: never)."""
+        """Per run, the first evaluated step with accuracy >= target (None: never)."""
         return [h.steps_to(target) for h in self.histories]
 
     def mean_steps_to(self, target):
@@ -81,7 +89,8 @@ class Runs:
         return float(np.mean([s / n for s, n in zip(self.seconds, taken)]))
 
     def accuracy_curves(self):
-        """``(steps, accuracy)``: the evaluated steps (T,) and the test accuracy (seeds, T).
+        """``(steps, accuracy)``: the evaluated steps (T,) and the accuracy (seeds, T) on the
+        runs' evaluation split.
 
         A run that diverged stops early; its last value (chance level) is carried to the end,
         so every row has the same length and a diverged run counts as a failure at every
@@ -91,7 +100,7 @@ class Runs:
         steps = np.asarray(longest.steps)
         rows = []
         for h in self.histories:
-            acc = list(h.test_accuracy)
+            acc = list(h.accuracy)
             rows.append(acc + [acc[-1]] * (len(steps) - len(acc)))
         return steps, np.asarray(rows, dtype=float)
 
@@ -154,59 +163,6 @@ def best(results, score):
     if nan:
         raise ValueError(f"score is NaN for {nan}: cannot rank the settings")
     return max(scores, key=scores.get)
-
-
-class Comparison(NamedTuple):
-    """The outcome of :func:`compare`."""
-
-    effect: float  # mean(a) - mean(b)
-    margin: float  # what the effect must exceed: max(min_effect, 2 standard errors)
-    clear: bool  # effect > margin
-
-
-def compare(a, b, min_effect):
-    """Is ``a`` clearly larger than ``b``? Both are per-seed measurements (lists of numbers).
-
-    The effect is ``mean(a) - mean(b)``. It is *clear* when it exceeds both ``min_effect``
-    (the smallest difference that matters, in the measurement's units) and twice its
-    standard error,
-
-    .. math::
-
-        \\mathrm{SE} = \\sqrt{s_a^2 / n_a + s_b^2 / n_b},
-
-    with ``s`` the sample standard deviations (ddof = 1; 0 for a single run). With 3 seeds
-    this is a rough test, not a significance test: it only keeps noise from being called an
-    effect.
-
-    Raises:
-        ValueError: an empty list, a non-finite value, or ``min_effect`` < 0.
-    """
-    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    if a.size == 0 or b.size == 0:
-        raise ValueError("compare needs at least one measurement on each side")
-    if not (np.isfinite(a).all() and np.isfinite(b).all()):
-        raise ValueError("compare needs finite measurements (map 'never' to a number first)")
-    if not min_effect >= 0:
-        raise ValueError(f"min_effect must be >= 0, got {min_effect!r}")
-
-    def variance_of_mean(v):
-        return float(v.var(ddof=1)) / v.size if v.size > 1 else 0.0
-
-    effect = float(a.mean() - b.mean())
-    margin = max(float(min_effect), 2.0 * math.sqrt(variance_of_mean(a) + variance_of_mean(b)))
-    return Comparison(effect, margin, effect > margin)
-
-
-def verdict(holds, caveat=False):
-    """One of :data:`VERDICTS`: "does not hold here" unless ``holds``; then "holds", or
-    "holds with a caveat" when ``caveat`` (a condition measured by the same experiment that
-    limits the claim, e.g. "a careful initialization does as well without batch norm")."""
-    if not isinstance(holds, (bool, np.bool_)) or not isinstance(caveat, (bool, np.bool_)):
-        raise TypeError(f"holds and caveat must be booleans, got {holds!r} and {caveat!r}")
-    if not holds:
-        return VERDICTS[2]
-    return VERDICTS[1] if caveat else VERDICTS[0]
 
 
 def without_dropout(model):

@@ -17,6 +17,7 @@ __all__ = ["ACTIVATIONS", "RecurrentClassifier", "cnn", "mlp"]
 
 ACTIVATIONS = {"relu": torch.nn.ReLU, "sigmoid": torch.nn.Sigmoid, "tanh": torch.nn.Tanh,
                "identity": torch.nn.Identity}
+"""The activations that mlp and cnn accept by name (name -> torch.nn module class)."""
 
 
 def _block(name, layer, width, norm, norm_position, act, tail_name, tail):

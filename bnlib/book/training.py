@@ -1,7 +1,8 @@
 """Training helpers shared by the chapters: seeding, a plain SGD loop, evaluation, summaries.
 
 Deliberately small: mini-batch SGD (optionally with momentum) on cross-entropy, evaluated on
-the test split every ``eval_every`` steps. The loop stops at the first non-finite loss and
+the validation split (or, without one, the test split) every ``eval_every`` steps, and on the
+test split once at the end. The loop stops at the first non-finite loss and
 marks the run as diverged, so learning-rate sweeps can count failures.
 """
 
@@ -14,7 +15,7 @@ import torch
 
 from .data import DTYPE
 
-__all__ = ["History", "deterministic", "evaluate", "mean_and_spread", "train"]
+__all__ = ["History", "correct", "deterministic", "evaluate", "mean_and_spread", "train"]
 
 
 def deterministic(seed=0, threads=1):
@@ -46,29 +47,37 @@ def deterministic(seed=0, threads=1):
 
 @dataclass
 class History:
-    """What one training run recorded: test accuracy every ``eval_every`` steps, and loss."""
+    """What one training run recorded.
 
-    steps: list = field(default_factory=list)  # steps at which the test accuracy was measured
-    test_accuracy: list = field(default_factory=list)
+    ``accuracy`` is measured on the evaluation split (``split``: "validation" when the data
+    has one, else "test") at each of ``steps``; every choice is made on it. The test split is
+    read once, at the end: ``test_accuracy`` and, per test example, ``test_correct``.
+    """
+
+    split: str = "test"  # the split behind ``accuracy``
+    steps: list = field(default_factory=list)  # steps at which ``accuracy`` was measured
+    accuracy: list = field(default_factory=list)
     train_loss: list = field(default_factory=list)  # loss of every step's mini-batch
     diverged: bool = False  # the loss became NaN or infinite; training stopped there
+    test_accuracy: float = float("nan")  # at the end; chance level after a divergence
+    test_correct: object = None  # (n_test,) bool tensor at the end; None after a divergence
 
     def steps_to(self, target):
-        """The first evaluated step whose test accuracy is >= target, or None if never."""
-        for step, acc in zip(self.steps, self.test_accuracy):
+        """The first evaluated step whose accuracy (on ``split``) is >= target, or None."""
+        for step, acc in zip(self.steps, self.accuracy):
             if acc >= target:
                 return step
         return None
 
     @property
     def final_accuracy(self):
-        """The last test accuracy measured (chance level, not the last value, after divergence)."""
-        return self.test_accuracy[-1] if self.test_accuracy else float("nan")
+        """The last accuracy measured on ``split`` (chance level after a divergence)."""
+        return self.accuracy[-1] if self.accuracy else float("nan")
 
 
 @torch.no_grad()
-def evaluate(model, x, y):
-    """Accuracy of ``model`` on (x, y) in eval mode.
+def correct(model, x, y):
+    """Per example, whether ``model`` in eval mode predicts y: a bool tensor of shape (N,).
 
     Afterwards every submodule gets back its own mode, so a batch-norm layer kept in eval mode
     inside a training model (frozen statistics) stays frozen; ``model.train(was_training)``
@@ -77,14 +86,19 @@ def evaluate(model, x, y):
     modes = [(module, module.training) for module in model.modules()]
     model.eval()
     try:
-        return float((model(x).argmax(dim=1) == y).double().mean())
+        return model(x).argmax(dim=1) == y
     finally:
         for module, training in modes:
             module.training = training
 
 
+def evaluate(model, x, y):
+    """Accuracy of ``model`` on (x, y) in eval mode (see :func:`correct`)."""
+    return float(correct(model, x, y).double().mean())
+
+
 def train(model, data, steps, batch_size=60, lr=0.1, momentum=0.0, weight_decay=0.0,
-          eval_every=100, seed=0, on_step=None, eval_steps=None):
+          eval_every=100, seed=0, on_step=None, eval_steps=None, eval_split=None):
     """Train ``model`` with mini-batch SGD on cross-entropy; return a :class:`History`.
 
     Args:
@@ -93,18 +107,30 @@ def train(model, data, steps, batch_size=60, lr=0.1, momentum=0.0, weight_decay=
         steps: number of SGD steps.
         batch_size: examples per step, drawn without replacement within each epoch.
         lr, momentum, weight_decay: of ``torch.optim.SGD``.
-        eval_every: measure the test accuracy every this many steps (and at step 0).
+        eval_every: measure the accuracy every this many steps (and at step 0).
         seed: seeds the order of the mini-batches (not the model's initialization).
         on_step: optional ``callback(step, model)`` called after every step, e.g. to record
             activation statistics.
-        eval_steps: optional steps at which to measure the test accuracy instead of every
+        eval_steps: optional steps at which to measure the accuracy instead of every
             ``eval_every`` steps, e.g. dense early and sparse later; the last step is always
             measured.
+        eval_split: the split the accuracy curve is measured on, "validation" or "test";
+            None picks validation when the data has one. The test split is measured once
+            more at the end in any case (``History.test_accuracy``, ``test_correct``).
 
     Raises:
-        ValueError: an entry of ``eval_steps`` that is not an int in [0, steps].
+        ValueError: an entry of ``eval_steps`` that is not an int in [0, steps]; an unknown
+            ``eval_split``, or "validation" for data without one.
         TypeError: the model's floating parameters are not of the data's dtype.
     """
+    if eval_split is None:
+        eval_split = "test" if data.x_val is None else "validation"
+    if eval_split not in ("validation", "test") or (eval_split == "validation"
+                                                    and data.x_val is None):
+        raise ValueError(f"eval_split must be 'validation' (for data with a validation split) "
+                         f"or 'test', got {eval_split!r}")
+    x_eval, y_eval = ((data.x_val, data.y_val) if eval_split == "validation"
+                      else (data.x_test, data.y_test))
     if eval_steps is not None:
         eval_steps = list(eval_steps)
         bad = [s for s in eval_steps if isinstance(s, bool) or not isinstance(s, numbers.Integral)
@@ -120,7 +146,7 @@ def train(model, data, steps, batch_size=60, lr=0.1, momentum=0.0, weight_decay=
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum,
                                 weight_decay=weight_decay)
     gen = torch.Generator().manual_seed(seed)
-    history = History()
+    history = History(split=eval_split)
     n = len(data.y_train)
     order, cursor = torch.randperm(n, generator=gen), 0
     model.train()
@@ -128,7 +154,7 @@ def train(model, data, steps, batch_size=60, lr=0.1, momentum=0.0, weight_decay=
         due = step % eval_every == 0 if eval_steps is None else step in eval_steps
         if due or step == steps:
             history.steps.append(step)
-            history.test_accuracy.append(evaluate(model, data.x_test, data.y_test))
+            history.accuracy.append(evaluate(model, x_eval, y_eval))
         if step == steps:
             break
         if cursor + batch_size > n:
@@ -140,16 +166,19 @@ def train(model, data, steps, batch_size=60, lr=0.1, momentum=0.0, weight_decay=
             history.diverged = True
             if history.steps and history.steps[-1] == step:  # measured before the blow-up
                 history.steps.pop()
-                history.test_accuracy.pop()
+                history.accuracy.pop()
             history.steps.append(step)
-            history.test_accuracy.append(1.0 / data.num_classes)
-            break
+            history.accuracy.append(1.0 / data.num_classes)
+            history.test_accuracy = 1.0 / data.num_classes
+            return history
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         history.train_loss.append(loss.item())
         if on_step is not None:
             on_step(step, model)
+    history.test_correct = correct(model, data.x_test, data.y_test)
+    history.test_accuracy = float(history.test_correct.double().mean())
     return history
 
 

@@ -93,7 +93,7 @@ def _as_float_array(name, a):
     return a
 
 
-def as_parameter(name, value, shape):
+def _as_parameter(name, value, shape):
     """gamma or beta: None, or a floating array of ``shape`` (any floating dtype: it is cast
     to the dtype the input is computed in)."""
     if value is None:
@@ -105,7 +105,7 @@ def as_parameter(name, value, shape):
 
 def _check_affine(gamma, beta, num_channels):
     """gamma and beta: both None, or float vectors of shape (C,)."""
-    return as_parameter("gamma", gamma, (num_channels,)), as_parameter("beta", beta, (num_channels,))
+    return _as_parameter("gamma", gamma, (num_channels,)), _as_parameter("beta", beta, (num_channels,))
 
 
 def _check_eps_fits(eps, dtype):

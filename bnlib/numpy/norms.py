@@ -24,7 +24,7 @@ from typing import NamedTuple, Optional
 import numpy as np
 
 from .. import _checks
-from .functional import (BatchNormCache, _as_float_array, as_parameter, batch_norm_backward,
+from .functional import (BatchNormCache, _as_float_array, _as_parameter, batch_norm_backward,
                          batch_norm_forward)
 from .layer import _Layer
 
@@ -103,7 +103,7 @@ def layer_norm_forward(x, normalized_shape, gamma=None, beta=None, eps=1e-5):
         raise ValueError(f"layer norm over normalized_shape={shape} expects input of shape "
                          f"(*, {', '.join(map(str, shape))}), got {x.shape}")
     _checks.check_eps(eps)
-    gamma, beta = as_parameter("gamma", gamma, shape), as_parameter("beta", beta, shape)
+    gamma, beta = _as_parameter("gamma", gamma, shape), _as_parameter("beta", beta, shape)
     xhat, rows = _normalize_sets(x, int(np.prod(shape)), eps)
     lead = tuple(range(x.ndim - len(shape)))
     cache = NormCache(rows, xhat, gamma, lead, shape, shape, x.dtype)
@@ -145,7 +145,7 @@ def group_norm_forward(x, num_groups, gamma=None, beta=None, eps=1e-5):
     _checks.check_num_groups(num_groups, x.shape[1])
     _checks.check_eps(eps)
     c = x.shape[1]
-    gamma, beta = as_parameter("gamma", gamma, (c,)), as_parameter("beta", beta, (c,))
+    gamma, beta = _as_parameter("gamma", gamma, (c,)), _as_parameter("beta", beta, (c,))
     set_size = (c // num_groups) * int(np.prod(x.shape[2:], dtype=np.int64))
     xhat, rows = _normalize_sets(x, set_size, eps)
     view = (c,) + (1,) * (x.ndim - 2)

@@ -41,7 +41,7 @@ __all__ = ["batch_norm", "check_arguments"]
 _functorch_active = getattr(torch._C, "_are_functorch_transforms_active", lambda: False)
 
 
-def eager(x):
+def _eager(x):
     """True in plain eager execution on a plain tensor, where the fast kernels (in-place
     updates, ``out=`` buffers, a value read back to the host) may run. False under
     ``torch.compile``/``torch.export``, ``torch.jit.trace`` and ``torch.func`` transforms."""
@@ -51,7 +51,7 @@ def eager(x):
 
 def _forward(x, weight, bias, eps):
     """The training forward: the fast kernels in plain eager execution, else the formulas."""
-    run = _kernels.forward if eager(x) else formula_forward
+    run = _kernels.forward if _eager(x) else formula_forward
     y, mean, var, invstd = run(x, weight, bias, eps)
     return y.to(x.dtype), mean, var, invstd
 
@@ -76,7 +76,7 @@ def _backward(ctx, dy, _dmean, _dvar, _dinvstd):
         mean, var, _ = batch_statistics(x)
         invstd = torch.rsqrt(var + ctx.eps)
         dx, dgamma, dbeta = formula_backward(x, dy, weight, mean, invstd)
-    elif eager(x):
+    elif _eager(x):
         dx, dgamma, dbeta = _kernels.backward(x, dy, weight, mean, invstd)
     else:
         dx, dgamma, dbeta = formula_backward(x, dy, weight, mean, invstd)
@@ -125,7 +125,7 @@ def _check_tensor(name, t, x):
 
 def check_arguments(x, running_mean, running_var, weight, bias, training, momentum, eps,
                     check_count=True):
-    """Raise the documented error for any bad argument of :func:`batch_norm`; change nothing.
+    """Raise the documented error for any bad argument of :func:`bnlib.torch.batch_norm`; change nothing.
 
     ``check_count=False`` lets one value per channel through (a shard of synchronized batch
     norm, whose statistics are over all processes).
@@ -184,19 +184,19 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     """
     check_arguments(input, running_mean, running_var, weight, bias, training, momentum, eps)
     if not training:
-        y = normalize_fixed(input, running_mean, running_var, weight, bias, eps)
+        y = _normalize_fixed(input, running_mean, running_var, weight, bias, eps)
     elif input.numel() == 0:  # an empty batch: an empty output and nothing to update, as in torch
         y = input.clone()
     else:
-        function = _BatchNormFunction if eager(input) else _BatchNormFunctionForTransforms
+        function = _BatchNormFunction if _eager(input) else _BatchNormFunctionForTransforms
         y, mean, var, _ = function.apply(input, weight, bias, eps)
         update_running_stats(running_mean, running_var, mean, var,
                              input.numel() // input.shape[1], momentum)
-    layout = memory_format(input)
+    layout = _memory_format(input)
     return y if y.is_contiguous(memory_format=layout) else y.contiguous(memory_format=layout)
 
 
-def normalize_fixed(x, mean, var, weight, bias, eps):
+def _normalize_fixed(x, mean, var, weight, bias, eps):
     """Eval mode: a per-channel affine map, differentiable by autograd (also twice).
 
     When autograd needs none of the intermediate values (inference in eager mode), the same
@@ -210,7 +210,7 @@ def normalize_fixed(x, mean, var, weight, bias, eps):
     y = x.to(dtype) - per_channel(mean.to(dtype), ndim)
     tracked = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x, weight, bias))
-    if tracked or not eager(x):
+    if tracked or not _eager(x):
         y = y * per_channel(scale, ndim)
         if offset is not None:
             y = y + per_channel(offset, ndim)
@@ -221,7 +221,7 @@ def normalize_fixed(x, mean, var, weight, bias, eps):
     return y.to(x.dtype)
 
 
-def memory_format(x):
+def _memory_format(x):
     """torch's ``suggest_memory_format``: channels-last where x is laid out so, else contiguous."""
     if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
         return torch.channels_last

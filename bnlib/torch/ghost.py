@@ -89,7 +89,7 @@ class GhostBatchNorm(_BatchNormForward, torch.nn.modules.batchnorm._BatchNorm):
     Args:
         num_features: C.
         group_size: examples per group, B.
-        *args, **kwargs: the other arguments of ``torch.nn.BatchNorm1d`` (eps, momentum,
+        \\*args, \\*\\*kwargs: the other arguments of ``torch.nn.BatchNorm1d`` (eps, momentum,
             affine, track_running_stats, device, dtype, bias).
 
     Example:

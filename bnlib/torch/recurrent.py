@@ -18,6 +18,7 @@ from .functional import batch_norm
 __all__ = ["RecurrentBatchNorm", "STATISTICS"]
 
 STATISTICS = ("per_step", "shared", "batch")
+"""The values of ``RecurrentBatchNorm.statistics`` in eval mode."""
 
 
 class RecurrentBatchNorm(torch.nn.Module):

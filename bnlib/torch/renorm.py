@@ -150,7 +150,7 @@ class BatchRenorm(_BatchNormForward, torch.nn.modules.batchnorm._BatchNorm):
         num_features: C.
         r_max, d_max: the clipping limits. Default 3 and 5 (the paper's final values).
         group_size: None, or renormalize each group of that many examples on its own.
-        eps, momentum, affine, device, dtype, **kwargs: as for ``torch.nn.BatchNorm1d``
+        eps, momentum, affine, device, dtype, \\*\\*kwargs: as for ``torch.nn.BatchNorm1d``
             (``bias=`` too where torch has it).
 
     Example:

@@ -1,4 +1,4 @@
-"""bnlib.data: offline datasets with fixed splits that leave global random state alone."""
+"""bnlib.book.data: offline datasets with fixed splits that leave global random state alone."""
 
 import numpy as np
 import pytest

@@ -1,4 +1,7 @@
-"""bnlib.torch.batch_norm: first and second derivatives checked by torch.autograd, CPU and CUDA."""
+"""bnlib.torch.functional.batch_norm: first and second derivatives checked by torch.autograd
+(CPU and CUDA), what the backward saves, half-precision input. (Parity with
+torch.nn.functional.batch_norm: tests/test_parity.py; bad arguments: tests/book/test_edge_cases.py
+and tests/test_errors.py; the kernels' routes: tests/torch/test_kernels.py.)"""
 
 import pytest
 import torch
@@ -20,7 +23,7 @@ def _inputs(shape, device, affine):
 @pytest.mark.parametrize("shape", [(6, 3), (3, 2, 4), (2, 3, 3, 2)])
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("affine", [True, False], ids=["affine", "plain"])
-def test_gradcheck_and_gradgradcheck(shape, training, affine, device):
+def test_batch_norm_passes_gradcheck_and_gradgradcheck(shape, training, affine, device):
     x, params, stats = _inputs(shape, device, affine)
     inputs = [t.requires_grad_() for t in [x, *params]]
 

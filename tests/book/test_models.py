@@ -1,11 +1,46 @@
-"""bnlib.book.models.cnn: layout, shapes, the redundant conv bias, parity of BN factories, errors."""
+"""bnlib.book.models: the MLP (layout, the redundant bias, dropout, init), the CNN (layout,
+shapes, the redundant conv bias, parity of BN factories, errors) and the recurrent classifier
+(the Elman recurrence it documents, sequences longer than max_steps, errors)."""
 
 import pytest
 import torch
 
-from bnlib.book import data, models, training
 from bnlib import torch as bnt
+from bnlib.book import data, models, training
+from bnlib.book.models import RecurrentClassifier
+from tests.reference import TOL, rel_err
 
+# mlp -----------------------------------------------------------------------------------------
+
+def test_mlp_layout_and_redundant_bias():
+    net = models.mlp(64, [32, 16], 10, activation="sigmoid", norm=bnt.BatchNorm1d)
+    assert [list(block._modules) for block in net[:2]] == [["linear", "norm", "act"]] * 2
+    assert net[0].linear.bias is None  # BN right after the Linear layer cancels its bias
+    after = models.mlp(64, [32], 10, norm=bnt.BatchNorm1d, norm_position="after")
+    assert list(after[0]._modules) == ["linear", "act", "norm"] and after[0].linear.bias is not None
+    plain = models.mlp(64, [32], 10)
+    assert list(plain[0]._modules) == ["linear", "act"]
+    assert plain(torch.zeros(5, 64)).shape == (5, 10)
+    with pytest.raises(ValueError, match="norm_position"):
+        models.mlp(64, [32], 10, norm=bnt.BatchNorm1d, norm_position="middle")
+
+
+def test_mlp_dropout_ends_each_hidden_block():
+    net = models.mlp(64, [32, 16], 10, norm=bnt.BatchNorm1d, dropout=0.5)
+    assert [list(block._modules) for block in net[:2]] == [["linear", "norm", "act", "dropout"]] * 2
+    assert net[0].dropout.p == 0.5
+    with pytest.raises(ValueError, match="dropout"):
+        models.mlp(64, [32], 10, dropout=1.0)
+
+
+def test_mlp_init_std_sets_every_linear_weight():
+    torch.manual_seed(0)
+    net = models.mlp(200, [400], 10, init_std=0.01)
+    assert abs(net[0].linear.weight.std().item() - 0.01) < 5e-4
+    assert net[1].bias.abs().max().item() == 0.0
+
+
+# cnn -----------------------------------------------------------------------------------------
 
 def test_cnn_layout_with_norm_before_drops_the_conv_bias():
     net = models.cnn(1, [8, 16], 10, norm=bnt.BatchNorm2d)
@@ -68,7 +103,7 @@ def test_cnn_with_bn_learns_the_8x8_digits():
     net = models.cnn(1, [8], 10, norm=bnt.BatchNorm2d, image_size=8)
     h = training.train(net, data.load_digits(images=True), steps=100, batch_size=32, lr=0.1,
                        eval_every=100)
-    assert h.test_accuracy[0] < 0.3 and h.final_accuracy > 0.85 and not h.diverged
+    assert h.accuracy[0] < 0.3 and h.final_accuracy > 0.85 and not h.diverged
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -91,3 +126,37 @@ def test_cnn_rejects_bad_arguments(kwargs, message):
     args.update(kwargs)
     with pytest.raises(ValueError, match=message):
         models.cnn(**args)
+
+
+# RecurrentClassifier -------------------------------------------------------------------------
+
+def test_classifier_is_the_elman_recurrence_it_documents():
+    torch.manual_seed(0)
+    model = RecurrentClassifier(1, 5, 3, norm="layer", chunk=2).double()
+    x = torch.randn(4, 6, dtype=torch.float64)
+    steps = x.reshape(4, 3, 2)
+    h = torch.zeros(4, 5, dtype=torch.float64)
+    for t in range(3):
+        a = steps[:, t] @ model.input.weight.T + h @ model.recurrent.weight.T
+        h = torch.tanh(torch.nn.functional.layer_norm(a, (5,), model.norm.weight, model.norm.bias))
+    logits, states = model(x, return_states=True)
+    assert rel_err(logits, model.output(h)) <= TOL
+    assert states.shape == (4, 3, 5)
+
+
+@pytest.mark.parametrize("norm", [None, "layer", "batch"])
+def test_classifier_accepts_sequences_longer_than_max_steps(norm):
+    model = RecurrentClassifier(2, 8, 4, norm=norm, max_steps=3)
+    model(torch.randn(6, 3, 2))
+    assert model.eval()(torch.randn(2, 9, 2)).shape == (2, 4)
+
+
+@pytest.mark.parametrize("call,exc,message", [
+    (lambda: RecurrentClassifier(1, 4, 2, norm="group"), ValueError, "norm must be"),
+    (lambda: RecurrentClassifier(1, 4, 2, norm="batch"), ValueError, "needs max_steps"),
+    (lambda: RecurrentClassifier(1, 4, 2, chunk=4)(torch.ones(2, 6)), ValueError,
+     "does not split into steps of 4"),
+], ids=["norm", "max-steps", "chunk"])
+def test_recurrent_classifier_rejects_bad_settings_with_a_clear_error(call, exc, message):
+    with pytest.raises(exc, match=message):
+        call()

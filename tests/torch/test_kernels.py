@@ -1,4 +1,5 @@
-"""The speed-minded training kernels (bnlib.torch._kernels): every route they can take.
+"""The speed-minded training kernels (bnlib.torch._kernels) and their reductions
+(bnlib.torch._reductions): every route they can take.
 
 The parity suite uses small inputs, which take the simplest route (one block, single-pass
 variance). These tests force the others: several blocks in the backward, the two-pass
@@ -11,7 +12,7 @@ import torch
 
 from bnlib import torch as bnt
 from bnlib.torch import _kernels, _reductions
-from reference import TOL, rel_err
+from tests.reference import TOL, rel_err
 
 
 def _data(shape, dtype=torch.float64, seed=0, offset=0.0):

@@ -1,4 +1,4 @@
-"""bnlib.activations: the saturation threshold against autograd, percentiles against NumPy,
+"""bnlib.book.activations: the saturation threshold against autograd, percentiles against NumPy,
 probes that leave the model and the random state alone, and a trace that changes no run."""
 
 import copy

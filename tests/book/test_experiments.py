@@ -1,11 +1,11 @@
-"""bnlib.experiments: repeated runs, ranking, comparisons, verdicts, dropout's variance shift."""
+"""bnlib.book.experiments: repeated runs, ranking, dropout's variance shift, gradient norms."""
 
 import math
 
 import pytest
 import torch
 
-from bnlib.book import data, experiments, inference, models, training
+from bnlib.book import data, experiments, models, training
 from bnlib import torch as bnt
 
 
@@ -21,7 +21,7 @@ def _small(norm=None):
 def test_repeat_is_reproducible_and_seeds_each_run(digits):
     a = experiments.repeat(_small(), digits, seeds=[0, 1], steps=30, lr=0.1, eval_every=10)
     b = experiments.repeat(_small(), digits, seeds=[0, 1], steps=30, lr=0.1, eval_every=10)
-    assert [h.test_accuracy for h in a.histories] == [h.test_accuracy for h in b.histories]
+    assert [h.accuracy for h in a.histories] == [h.accuracy for h in b.histories]
     assert a.histories[0].train_loss != a.histories[1].train_loss  # the seed matters
     assert a.seeds == [0, 1] and len(a.models) == 2 and all(s >= 0 for s in a.seconds)
     assert a.final_accuracy == [h.final_accuracy for h in a.histories]
@@ -35,7 +35,7 @@ def test_repeat_matches_a_hand_written_run(digits):
     training.deterministic(3)
     model = _small(bnt.BatchNorm1d)()
     history = training.train(model, digits, steps=20, lr=0.1, eval_every=5, seed=3)
-    assert runs.histories[0].test_accuracy == history.test_accuracy
+    assert runs.histories[0].accuracy == history.accuracy
     for p, q in zip(runs.models[0].parameters(), model.parameters()):
         assert torch.equal(p, q)
 
@@ -54,7 +54,7 @@ def test_repeat_rejects_bad_arguments(digits, kwargs, message):
 
 
 def _history(steps, acc, diverged=False):
-    return training.History(steps=steps, test_accuracy=acc, train_loss=[1.0] * steps[-1],
+    return training.History(steps=steps, accuracy=acc, train_loss=[1.0] * steps[-1],
                             diverged=diverged)
 
 
@@ -79,34 +79,6 @@ def test_best_takes_the_highest_score_and_the_first_of_ties():
         experiments.best({}, score=lambda v: v)
     with pytest.raises(ValueError, match="NaN"):
         experiments.best({"a": float("nan")}, score=lambda v: v)
-
-
-def test_compare_needs_both_the_minimum_effect_and_two_standard_errors():
-    c = experiments.compare([0.9, 0.9, 0.9], [0.5, 0.5, 0.5], min_effect=0.1)
-    assert c.effect == pytest.approx(0.4) and c.margin == 0.1 and c.clear
-    assert not experiments.compare([0.9, 0.9, 0.9], [0.85, 0.85, 0.85], min_effect=0.1).clear
-    noisy = experiments.compare([1.0, 0.2, 0.9], [0.4, 0.5, 0.45], min_effect=0.01)
-    se = math.sqrt(torch.tensor([1.0, 0.2, 0.9]).var().item() / 3 +
-                   torch.tensor([0.4, 0.5, 0.45]).var().item() / 3)
-    assert noisy.margin == pytest.approx(2 * se) and noisy.effect < noisy.margin
-    assert not noisy.clear
-    assert experiments.compare([2.0], [1.0], min_effect=0.5).clear  # one run: no spread
-    assert not experiments.compare([1.0], [2.0], min_effect=0.0).clear  # a is smaller
-    with pytest.raises(ValueError, match="finite"):
-        experiments.compare([math.inf], [1.0], min_effect=0.1)
-    with pytest.raises(ValueError, match="at least one"):
-        experiments.compare([], [1.0], min_effect=0.1)
-    with pytest.raises(ValueError, match="min_effect"):
-        experiments.compare([1.0], [1.0], min_effect=-1)
-
-
-def test_verdict():
-    assert experiments.verdict(True) == "holds"
-    assert experiments.verdict(True, caveat=True) == "holds with a caveat"
-    assert experiments.verdict(False, caveat=True) == "does not hold here"
-    assert set(experiments.VERDICTS) == {"holds", "holds with a caveat", "does not hold here"}
-    with pytest.raises(TypeError, match="booleans"):
-        experiments.verdict("yes")
 
 
 def _dropout_net(p=0.5, dtype=torch.float64):

@@ -6,7 +6,7 @@ import torch
 
 from bnlib import numpy as bnp
 from bnlib.numpy.staged import GRAPH
-from reference import batch, rel_err, torch_module_for
+from tests.reference import batch, rel_err, torch_module_for
 
 SHAPES = [(5, 3), (3, 2, 4), (2, 3, 3, 2), (2, 2, 2, 3, 2)]
 

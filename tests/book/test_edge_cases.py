@@ -1,5 +1,6 @@
-"""Every row of bnlib.edge_cases is a test: bad input gets its documented error and changes
-nothing; edge input gets its documented result. The table itself is checked for coverage."""
+"""bnlib.book.edge_cases: every row of the table is a test: bad input gets its documented error
+and changes nothing; edge input gets its documented result. The table itself is checked for
+coverage."""
 
 import re
 from collections import Counter

@@ -1,4 +1,4 @@
-"""bnlib.batch_noise: the exact formulas agree with Monte Carlo, and the m = 2 case is +-1."""
+"""bnlib.book.batch_noise: the exact formulas agree with Monte Carlo, and the m = 2 case is +-1."""
 
 import pytest
 import torch
@@ -45,6 +45,6 @@ def test_two_examples_always_normalize_to_plus_or_minus_one(population):
 
 @pytest.mark.parametrize("call", [lambda x: predicted_noise(x, 1), lambda x: measured_noise(x, 1),
                                   lambda x: measured_noise(x, 4, num_batches=1)])
-def test_bad_sizes_raise(call):
+def test_fewer_than_two_examples_or_batches_are_refused(call):
     with pytest.raises(ValueError):
         call(torch.randn(10, 2))

@@ -1,4 +1,5 @@
-"""Batch Renormalization against a line-by-line transcription of Ioffe (2017), Algorithm 1, in float64."""
+"""bnlib.torch.renorm (Batch Renormalization) against a line-by-line transcription of Ioffe
+(2017), Algorithm 1, in float64."""
 
 import math
 
@@ -7,7 +8,7 @@ import torch
 
 from bnlib import torch as bnt
 from bnlib.torch.renorm import renorm_corrections
-from reference import TOL, forward_backward, rel_err
+from tests.reference import TOL, forward_backward, rel_err
 
 
 def paper_algorithm_1(x, gamma, beta, mu, sigma, r_max, d_max, eps):

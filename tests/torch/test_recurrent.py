@@ -1,12 +1,12 @@
-"""bnlib.rnn: batch norm inside a recurrence (per-step and shared statistics), and the recurrent classifier."""
+"""bnlib.torch.recurrent.RecurrentBatchNorm: batch norm inside a recurrence, with per-step and
+shared running statistics. (The recurrent classifier of the chapters: tests/book/test_models.py.)"""
 
 import pytest
 import torch
 
 from bnlib import torch as bnt
-from bnlib.book.models import RecurrentClassifier
 from bnlib.torch import RecurrentBatchNorm
-from reference import TOL, rel_err
+from tests.reference import TOL, rel_err
 
 
 def _inputs(steps, gen):
@@ -50,35 +50,10 @@ def test_eval_uses_the_chosen_statistics():
         rbn(x, 0)
 
 
-def test_classifier_is_the_elman_recurrence_it_documents():
-    torch.manual_seed(0)
-    model = RecurrentClassifier(1, 5, 3, norm="layer", chunk=2).double()
-    x = torch.randn(4, 6, dtype=torch.float64)
-    steps = x.reshape(4, 3, 2)
-    h = torch.zeros(4, 5, dtype=torch.float64)
-    for t in range(3):
-        a = steps[:, t] @ model.input.weight.T + h @ model.recurrent.weight.T
-        h = torch.tanh(torch.nn.functional.layer_norm(a, (5,), model.norm.weight, model.norm.bias))
-    logits, states = model(x, return_states=True)
-    assert rel_err(logits, model.output(h)) <= TOL
-    assert states.shape == (4, 3, 5)
-
-
-@pytest.mark.parametrize("norm", [None, "layer", "batch"])
-def test_classifier_accepts_sequences_longer_than_max_steps(norm):
-    model = RecurrentClassifier(2, 8, 4, norm=norm, max_steps=3)
-    model(torch.randn(6, 3, 2))
-    assert model.eval()(torch.randn(2, 9, 2)).shape == (2, 4)
-
-
 @pytest.mark.parametrize("call,exc,message", [
-    (lambda: RecurrentClassifier(1, 4, 2, norm="group"), ValueError, "norm must be"),
-    (lambda: RecurrentClassifier(1, 4, 2, norm="batch"), ValueError, "needs max_steps"),
-    (lambda: RecurrentClassifier(1, 4, 2, chunk=4)(torch.ones(2, 6)), ValueError,
-     "does not split into steps of 4"),
     (lambda: RecurrentBatchNorm(4, max_steps=0), ValueError, "max_steps"),
     (lambda: RecurrentBatchNorm(4, max_steps=2, momentum=None), ValueError, "momentum"),
-], ids=["norm", "max-steps", "chunk", "rbn-steps", "rbn-momentum"])
+], ids=["rbn-steps", "rbn-momentum"])
 def test_bad_settings_raise_a_clear_error(call, exc, message):
     with pytest.raises(exc, match=message):
         call()

@@ -1,41 +1,15 @@
-"""bnlib.models and bnlib.training: structure, determinism, learning, divergence."""
+"""bnlib.book.training: seeding (float64 the default dtype), the SGD loop (learning,
+reproducibility, divergence, an explicit evaluation schedule), evaluation, mean and spread."""
 
+import numpy as np
 import pytest
 import torch
 
-from bnlib.book import data, models, training
 from bnlib import torch as bnt
+from bnlib.book import data, models, training
 
 
-def test_mlp_layout_and_redundant_bias():
-    net = models.mlp(64, [32, 16], 10, activation="sigmoid", norm=bnt.BatchNorm1d)
-    assert [list(block._modules) for block in net[:2]] == [["linear", "norm", "act"]] * 2
-    assert net[0].linear.bias is None  # BN right after the Linear layer cancels its bias
-    after = models.mlp(64, [32], 10, norm=bnt.BatchNorm1d, norm_position="after")
-    assert list(after[0]._modules) == ["linear", "act", "norm"] and after[0].linear.bias is not None
-    plain = models.mlp(64, [32], 10)
-    assert list(plain[0]._modules) == ["linear", "act"]
-    assert plain(torch.zeros(5, 64)).shape == (5, 10)
-    with pytest.raises(ValueError, match="norm_position"):
-        models.mlp(64, [32], 10, norm=bnt.BatchNorm1d, norm_position="middle")
-
-
-def test_mlp_dropout_ends_each_hidden_block():
-    net = models.mlp(64, [32, 16], 10, norm=bnt.BatchNorm1d, dropout=0.5)
-    assert [list(block._modules) for block in net[:2]] == [["linear", "norm", "act", "dropout"]] * 2
-    assert net[0].dropout.p == 0.5
-    with pytest.raises(ValueError, match="dropout"):
-        models.mlp(64, [32], 10, dropout=1.0)
-
-
-def test_mlp_init_std_sets_every_linear_weight():
-    torch.manual_seed(0)
-    net = models.mlp(200, [400], 10, init_std=0.01)
-    assert abs(net[0].linear.weight.std().item() - 0.01) < 5e-4
-    assert net[1].bias.abs().max().item() == 0.0
-
-
-def _run(seed, lr=0.1, steps=150):
+def _run_digits(seed, lr=0.1, steps=150):
     training.deterministic(seed)
     net = models.mlp(64, [32], 10, norm=bnt.BatchNorm1d)
     return training.train(net, data.load_digits(), steps=steps, batch_size=32, lr=lr,
@@ -43,10 +17,10 @@ def _run(seed, lr=0.1, steps=150):
 
 
 def test_training_learns_and_is_reproducible():
-    a, b = _run(0), _run(0)
-    assert a.test_accuracy == b.test_accuracy and a.train_loss == b.train_loss
+    a, b = _run_digits(0), _run_digits(0)
+    assert a.accuracy == b.accuracy and a.test_accuracy == b.test_accuracy and a.train_loss == b.train_loss
     assert a.steps == [0, 50, 100, 150]
-    assert a.test_accuracy[0] < 0.3 and a.final_accuracy > 0.85
+    assert a.accuracy[0] < 0.3 and a.final_accuracy > 0.85
     assert a.steps_to(0.85) is not None and a.steps_to(1.01) is None
     assert not a.diverged
 
@@ -88,5 +62,28 @@ def test_evaluate_restores_every_module_s_own_mode():
     assert not net[0].norm.training
 
 
-def test_mean_and_spread():
+def test_mean_and_spread_is_mean_std_min_and_max():
     assert training.mean_and_spread([1.0, 3.0]) == (2.0, 1.0, 1.0, 3.0)
+
+
+# train(eval_steps=...): an explicit evaluation schedule -------------------------------------
+
+def _run_with(**kwargs):
+    training.deterministic(0)
+    net = models.mlp(64, [16], 10)
+    return training.train(net, data.load_digits(), steps=40, batch_size=32, lr=0.1, **kwargs)
+
+
+def test_eval_steps_sets_where_accuracy_is_measured_and_not_the_training():
+    dense = _run_with(eval_steps=[0, 3, 7, 25])
+    every = _run_with(eval_every=10)
+    assert dense.steps == [0, 3, 7, 25, 40]  # the last step is always measured
+    assert dense.train_loss == every.train_loss
+    assert dense.accuracy[-1] == every.accuracy[-1]
+    assert _run_with(eval_steps=np.arange(0, 41, 20)).steps == [0, 20, 40]
+
+
+@pytest.mark.parametrize("bad", [[-1], [41], [2.5], [True]])
+def test_eval_steps_outside_the_run_are_refused(bad):
+    with pytest.raises(ValueError, match="eval_steps"):
+        _run_with(eval_steps=bad)

@@ -1,10 +1,11 @@
-"""SyncBatchNorm over torch.distributed: 2 real processes (gloo, 127.0.0.1) equal one process on the concatenated batch.
+"""bnlib.torch.sync (SyncBatchNorm over torch.distributed): 2 real processes (gloo, 127.0.0.1)
+equal one process on the concatenated batch.
 
-Each spawned test has a timeout, after which its processes are killed; every test checks that
-no child process is left behind.
+The processes are started by bnlib.book.distributed (its own tests: tests/book/test_distributed.py)
+with a timeout, after which they are killed; every test checks that no child process is left
+behind.
 """
 
-import multiprocessing
 import time
 
 import pytest
@@ -12,19 +13,14 @@ import torch
 import torch.distributed as dist
 
 from bnlib import torch as bnt
-from bnlib.book.distributed import run_data_parallel, spawn_local
+from bnlib.book.distributed import run_data_parallel
 from bnlib.torch.sync import SyncBatchNorm, combine_statistics
-from reference import TOL, rel_err
+from tests.reference import SPAWN_TIMEOUT, TOL, rel_err
 
-TIMEOUT = 180.0  # seconds for a whole spawned run (two processes importing torch, on a busy machine)
+pytestmark = pytest.mark.usefixtures("no_leftover_processes")
+
 # Shard sizes per step: equal, unequal, a single example, an empty shard.
 SHARDS = [(4, 4), (2, 7), (1, 5), (6, 0)]
-
-
-@pytest.fixture(autouse=True)
-def no_leftover_processes():
-    yield
-    assert multiprocessing.active_children() == []
 
 
 def _steps(gen, channels=3, length=2):
@@ -48,7 +44,7 @@ def two_process_run():
     modules = {"sync": sync, "plain": plain,
                "cumulative": SyncBatchNorm(3, momentum=None, affine=False, dtype=torch.float64)}
     started = time.monotonic()
-    results = run_data_parallel(modules, inputs, upstream, timeout=TIMEOUT)
+    results = run_data_parallel(modules, inputs, upstream, timeout=SPAWN_TIMEOUT)
     return modules, inputs, upstream, results, time.monotonic() - started
 
 
@@ -123,32 +119,3 @@ def test_combine_statistics_is_the_statistics_of_the_union():
     union = torch.cat(parts)
     assert rel_err(mean, union.mean(0)) <= TOL
     assert rel_err(var, union.var(0, unbiased=False)) <= TOL
-
-
-def _sleep(rank, world_size, seconds):
-    time.sleep(seconds)
-
-
-def test_spawn_local_kills_its_processes_after_the_timeout():
-    started = time.monotonic()
-    with pytest.raises(TimeoutError, match="did not finish within"):
-        spawn_local(_sleep, 2, (600,), timeout=5.0)
-    assert time.monotonic() - started < 60
-
-
-def test_a_failing_process_is_reported_and_the_others_stopped():
-    # Shards of 1 and 0 examples: one value per channel over all processes, in every process.
-    inputs = [[torch.randn(1, 3, dtype=torch.float64), torch.randn(0, 3, dtype=torch.float64)]]
-    upstream = [[torch.ones(1, 3, dtype=torch.float64), torch.ones(0, 3, dtype=torch.float64)]]
-    with pytest.raises(Exception, match="more than 1 value per channel"):
-        run_data_parallel({"sync": SyncBatchNorm(3, dtype=torch.float64)}, inputs, upstream,
-                          timeout=TIMEOUT)
-
-
-def test_bad_arguments_raise_a_clear_error():
-    with pytest.raises(ValueError, match="world_size"):
-        spawn_local(_sleep, 0, (0,))
-    with pytest.raises(ValueError, match="backend"):
-        spawn_local(_sleep, 2, (0,), backend="mpi")
-    with pytest.raises(ValueError, match="one input and one upstream gradient per process"):
-        run_data_parallel({}, [[torch.ones(2, 3)] * 2], [[torch.ones(2, 3)]])

@@ -1,10 +1,11 @@
-"""bnlib.torch LayerNorm / GroupNorm: parity with torch.nn in float64 (outputs and every gradient), autograd checks, errors."""
+"""bnlib.torch.norms (LayerNorm, GroupNorm): parity with torch.nn in float64 (outputs and every
+gradient), autograd checks, errors."""
 
 import pytest
 import torch
 
 from bnlib import torch as bnt
-from reference import TOL, rel_err
+from tests.reference import TOL, rel_err
 
 LAYER_CASES = [((6, 5), (5,)), ((3, 4, 5), (4, 5)), ((2, 3, 2, 3), (3, 2, 3)), ((7,), (7,))]
 GROUP_CASES = [((5, 6), 3), ((4, 6, 5), 2), ((3, 8, 2, 3), 4), ((2, 4, 3), 1), ((2, 4, 3), 4)]
@@ -54,7 +55,7 @@ def test_group_norm_matches_torch(shape, groups, affine, device):
 
 
 @pytest.mark.parametrize("which", ["layer", "group"])
-def test_gradcheck_and_gradgradcheck(which):
+def test_layer_norm_and_group_norm_pass_gradcheck_and_gradgradcheck(which):
     gen = torch.Generator().manual_seed(1)
     x = (torch.randn(3, 4, 2, generator=gen, dtype=torch.float64) * 2 + 1).requires_grad_()
     if which == "layer":

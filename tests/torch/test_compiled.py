@@ -1,4 +1,4 @@
-"""The opt-in compiled path (bnlib.torch.batch_norm_compiled).
+"""The opt-in compiled path (bnlib.torch.compiled.batch_norm_compiled).
 
 Compiling takes seconds per shape, so the parity tests run only with BNLIB_TEST_COMPILED=1
 (``make test-compiled``). What needs no compiler runs always: argument errors, eval mode, and
@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from bnlib import torch as bnt
-from reference import TOL, batch, rel_err
+from tests.reference import TOL, batch, rel_err
 
 
 def needs_compiler(test):

@@ -15,11 +15,10 @@ from hypothesis import strategies as st
 
 from bnlib import numpy as bnp
 from bnlib import torch as bnt
-from reference import TOL, dx_scale, rel_err, torch_module_for
+from tests.reference import BNT_MODULES, TOL, dx_scale, rel_err, torch_module_for
 
 FAST = settings(max_examples=40, deadline=None, derandomize=True, database=None)
 FEWER = settings(FAST, max_examples=25)  # three modules and two backward passes per example
-BNT_MODULES = {2: bnt.BatchNorm1d, 3: bnt.BatchNorm1d, 4: bnt.BatchNorm2d, 5: bnt.BatchNorm3d}
 EPS = 1e-5
 # Tolerances of the output's per-channel mean and variance, by dtype: float16 output is
 # rounded to 11 bits, and each of its values is O(1).

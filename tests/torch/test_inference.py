@@ -1,31 +1,23 @@
-"""bnlib.inference: running averages, Algorithm 2 (against update_bn), folding (against
-torch.nn.utils.fusion), frozen batch norm, predictions with batch statistics."""
+"""bnlib.torch.inference: population statistics by Algorithm 2 (against torch's update_bn),
+folding into the layer before (against torch.nn.utils.fusion), frozen batch norm. (Running
+averages and predictions with batch statistics: tests/book/test_inference.py.)"""
 
 import copy
 
-import numpy as np
 import pytest
 import torch
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 from torch.optim.swa_utils import update_bn
 
-from bnlib.book import inference, models
 from bnlib import numpy as bnp
 from bnlib import torch as bnt
+from bnlib.book import models
+from tests.reference import (assert_buffers_equal, batch_norms, randomize_affine, rows,
+                             small_mlp)
 
 FOLD_TOL = {torch.float32: 1e-5, torch.float64: 1e-12}  # max abs difference, folded vs not
 NORMS_1D = {"torch.nn": torch.nn.BatchNorm1d, "bnlib": bnt.BatchNorm1d}
 NORMS_2D = {"torch.nn": torch.nn.BatchNorm2d, "bnlib": bnt.BatchNorm2d}
-
-
-def _data(n=240, d=12, seed=0, dtype=torch.float64):
-    gen = torch.Generator().manual_seed(seed)
-    return torch.randn(n, d, generator=gen, dtype=dtype) * torch.linspace(0.5, 3, d) + 2
-
-
-def _mlp(norm, dtype=torch.float64, seed=0):
-    torch.manual_seed(seed)
-    return models.mlp(12, [8, 6], 3, norm=norm).to(dtype)
 
 
 def _cnn(norm, dtype=torch.float64, seed=0, bias=False, affine=True):
@@ -36,69 +28,13 @@ def _cnn(norm, dtype=torch.float64, seed=0, bias=False, affine=True):
     ).to(dtype)
 
 
-def _bns(model):
-    return [m for m in model.modules() if bnt.is_batch_norm(m)]
-
-
-def _randomize_affine(model, seed=1):
-    """gamma and beta away from 1 and 0, so that a test sees them."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for bn in _bns(model):
-            if bn.weight is not None:
-                bn.weight.copy_(torch.rand(bn.num_features, generator=gen, dtype=bn.weight.dtype) + 0.5)
-                bn.bias.copy_(torch.randn(bn.num_features, generator=gen, dtype=bn.bias.dtype))
-    return model
-
-
-def _assert_buffers_equal(a, b, atol=0.0):
-    for bn_a, bn_b in zip(_bns(a), _bns(b)):
-        for name in ("running_mean", "running_var", "num_batches_tracked"):
-            x, y = getattr(bn_a, name), getattr(bn_b, name)
-            assert torch.allclose(x.double(), y.double(), rtol=0, atol=atol), name
-
-
-# running_average ---------------------------------------------------------------------------
-
-@pytest.mark.parametrize("momentum", [0.1, 0.5, 1.0, 0.0, None])
-@pytest.mark.parametrize("norm", NORMS_1D.values(), ids=NORMS_1D.keys())
-def test_running_average_replays_the_buffers_of_a_module(norm, momentum):
-    bn = norm(4, momentum=momentum, dtype=torch.float64)
-    means, variances = [], []
-    for t in range(7):
-        x = _data(10, 4, seed=t)
-        bn(x)
-        means.append(x.mean(0))
-        variances.append(x.var(0))  # unbiased, as stored
-        mean_path = inference.running_average(torch.stack(means), momentum, initial=0.0)
-        var_path = inference.running_average(torch.stack(variances), momentum, initial=1.0)
-        assert np.allclose(mean_path[-1], bn.running_mean.numpy(), rtol=1e-12, atol=1e-14)
-        assert np.allclose(var_path[-1], bn.running_var.numpy(), rtol=1e-12, atol=1e-14)
-
-
-def test_running_average_start_up_bias_and_cumulative_mean():
-    values = np.full((30, 2), 5.0)
-    path = inference.running_average(values, 0.1, initial=0.0)
-    assert np.allclose(path[:, 0], 5.0 * (1 - 0.9 ** np.arange(1, 31)), rtol=1e-14)
-    cumulative = inference.running_average(np.arange(1.0, 11.0), None, initial=123.0)
-    assert np.allclose(cumulative, np.cumsum(np.arange(1.0, 11.0)) / np.arange(1, 11))
-
-
-def test_running_average_rejects_bad_momentum_and_scalars():
-    with pytest.raises(ValueError, match="momentum must be in"):
-        inference.running_average(np.ones(3), 1.5)
-    with pytest.raises(TypeError, match="momentum"):
-        inference.running_average(np.ones(3), "0.1")
-    with pytest.raises(ValueError, match="leading batch axis"):
-        inference.running_average(np.float64(1.0), 0.1)
-
 
 # recompute_statistics (Algorithm 2) --------------------------------------------------------
 
 @pytest.mark.parametrize("norm", NORMS_1D.values(), ids=NORMS_1D.keys())
 def test_recompute_equals_update_bn_on_an_mlp(norm):
-    x = _data()
-    ours, theirs = _mlp(norm), _mlp(torch.nn.BatchNorm1d)
+    x = rows()
+    ours, theirs = small_mlp(norm), small_mlp(torch.nn.BatchNorm1d)
     theirs.load_state_dict(ours.state_dict())
     for model in (ours, theirs):
         model(x[:50])  # running statistics that are not the initial ones
@@ -106,8 +42,8 @@ def test_recompute_equals_update_bn_on_an_mlp(norm):
     theirs.eval()
     bnt.recompute_statistics(ours, x.split(40))
     update_bn(x.split(40), theirs)
-    _assert_buffers_equal(ours, theirs, atol=1e-12)
-    assert not ours.training and all(bn.momentum == 0.1 for bn in _bns(ours))
+    assert_buffers_equal(ours, theirs, atol=1e-12)
+    assert not ours.training and all(bn.momentum == 0.1 for bn in batch_norms(ours))
 
 
 @pytest.mark.parametrize("norm", NORMS_2D.values(), ids=NORMS_2D.keys())
@@ -119,12 +55,12 @@ def test_recompute_equals_update_bn_on_a_cnn_with_a_loader_of_pairs(norm):
     theirs.load_state_dict(ours.state_dict())
     bnt.recompute_statistics(ours, loader)
     update_bn(loader, theirs)
-    _assert_buffers_equal(ours, theirs, atol=1e-12)
+    assert_buffers_equal(ours, theirs, atol=1e-12)
 
 
 def test_recompute_is_algorithm_2_average_of_batch_means_and_unbiased_variances():
-    x = _data()
-    model = _mlp(bnt.BatchNorm1d)
+    x = rows()
+    model = small_mlp(bnt.BatchNorm1d)
     bnt.recompute_statistics(model, x.split(30))
     z = model[0].linear(x).detach()  # the first batch norm's input does not depend on BN
     batch_means = torch.stack([b.mean(0) for b in z.split(30)])
@@ -136,8 +72,8 @@ def test_recompute_is_algorithm_2_average_of_batch_means_and_unbiased_variances(
 
 
 def test_one_batch_gives_the_statistics_of_the_inference_network():
-    x = _data(n=2000)
-    model = _randomize_affine(_mlp(bnt.BatchNorm1d))
+    x = rows(n=2000)
+    model = randomize_affine(small_mlp(bnt.BatchNorm1d))
     bnt.recompute_statistics(model, [x])
     model.eval()
     z0 = model[0].linear(x)
@@ -151,39 +87,39 @@ def test_one_batch_gives_the_statistics_of_the_inference_network():
 
 
 def test_recompute_restores_each_modules_mode_and_each_momentum():
-    model = _mlp(bnt.BatchNorm1d)
+    model = small_mlp(bnt.BatchNorm1d)
     model[0].norm.momentum, model[1].norm.momentum = None, 0.3
     model.train()
     model[1].norm.eval()  # frozen by hand inside a training model: must stay frozen
-    bnt.recompute_statistics(model, _data().split(60))
+    bnt.recompute_statistics(model, rows().split(60))
     assert model.training and model[0].norm.training and not model[1].norm.training
     assert model[0].norm.momentum is None and model[1].norm.momentum == 0.3
 
 
 def test_recompute_leaves_everything_as_it_was_when_a_batch_fails():
-    x = _data()
-    model = _mlp(bnt.BatchNorm1d)
+    x = rows()
+    model = small_mlp(bnt.BatchNorm1d)
     model(x)
     model.eval()
     before = copy.deepcopy(model)
     with pytest.raises(ValueError, match="more than 1 value per channel"):
         bnt.recompute_statistics(model, [x[:50], x[50:51]])  # a batch of one
-    _assert_buffers_equal(model, before)
-    assert not model.training and all(bn.momentum == 0.1 for bn in _bns(model))
+    assert_buffers_equal(model, before)
+    assert not model.training and all(bn.momentum == 0.1 for bn in batch_norms(model))
 
 
-def test_recompute_errors():
-    x = _data()
+def test_recompute_refuses_models_without_running_statistics_empty_batches_and_non_modules():
+    x = rows()
     with pytest.raises(ValueError, match="no batch-norm layer"):
         bnt.recompute_statistics(torch.nn.Linear(12, 3), [x])
     with pytest.raises(ValueError, match="no batch-norm layer"):
         bnt.recompute_statistics(
-            _mlp(lambda w: bnt.BatchNorm1d(w, track_running_stats=False)), [x])
-    model = _mlp(bnt.BatchNorm1d)
+            small_mlp(lambda w: bnt.BatchNorm1d(w, track_running_stats=False)), [x])
+    model = small_mlp(bnt.BatchNorm1d)
     before = copy.deepcopy(model)
     with pytest.raises(ValueError, match="batches is empty"):
         bnt.recompute_statistics(model, [])
-    _assert_buffers_equal(model, before)
+    assert_buffers_equal(model, before)
     with pytest.raises(TypeError, match="model must be"):
         bnt.recompute_statistics("model", [x])
 
@@ -194,13 +130,13 @@ def _linear_pair(norm, bias, affine, dtype, device):
     torch.manual_seed(0)
     linear = torch.nn.Linear(12, 6, bias=bias).to(dtype=dtype, device=device)
     bn = norm(6, affine=affine).to(dtype=dtype, device=device)
-    pair = _randomize_affine(torch.nn.Sequential(linear, bn))
-    bnt.recompute_statistics(pair, _data(dtype=dtype).to(device).split(60))
+    pair = randomize_affine(torch.nn.Sequential(linear, bn))
+    bnt.recompute_statistics(pair, rows(dtype=dtype).to(device).split(60))
     return pair.eval()
 
 
 def _conv_pair(norm, bias, affine, dtype, device):
-    model = _randomize_affine(_cnn(norm, dtype, bias=bias, affine=affine)).to(device)
+    model = randomize_affine(_cnn(norm, dtype, bias=bias, affine=affine)).to(device)
     gen = torch.Generator().manual_seed(0)
     images = torch.randn(24, 2, 7, 7, generator=gen, dtype=dtype) * 3 + 1
     bnt.recompute_statistics(model, images.to(device).split(8))
@@ -215,7 +151,7 @@ def test_folded_linear_equals_linear_then_bn_in_eval_and_torch_fusion(norm, bias
                                                                       dtype, device):
     pair = _linear_pair(norm, bias, affine, dtype, device)
     folded = bnt.fold_batch_norm(pair[0], pair[1])
-    x = (_data(50, dtype=dtype) * 3).to(device)
+    x = (rows(50, dtype=dtype) * 3).to(device)
     with torch.no_grad():
         assert (folded(x) - pair(x)).abs().max().item() <= FOLD_TOL[dtype]
     assert isinstance(folded, torch.nn.Linear) and folded.bias is not None
@@ -256,7 +192,7 @@ def test_fold_leaves_its_inputs_alone_and_keeps_requires_grad():
         assert torch.equal(a, b)
 
 
-def test_fold_errors():
+def test_fold_refuses_training_mode_missing_statistics_and_mismatched_layers():
     pair = _linear_pair(bnt.BatchNorm1d, False, True, torch.float64, "cpu")
     linear, bn = pair[0], pair[1]
     with pytest.raises(ValueError, match="training mode"):
@@ -275,13 +211,13 @@ def test_fold_errors():
 
 @pytest.mark.parametrize("dtype", FOLD_TOL, ids=["float32", "float64"])
 def test_fold_batch_norms_folds_every_pair_of_an_mlp_and_keeps_the_rest(dtype):
-    model = _randomize_affine(models.mlp(12, [8, 6], 3, norm=bnt.BatchNorm1d)).to(dtype)
-    bnt.recompute_statistics(model, _data(dtype=dtype).split(40))
+    model = randomize_affine(models.mlp(12, [8, 6], 3, norm=bnt.BatchNorm1d)).to(dtype)
+    bnt.recompute_statistics(model, rows(dtype=dtype).split(40))
     model.eval()
     folded = bnt.fold_batch_norms(model)
     assert [type(block.norm) for block in folded[:2]] == [torch.nn.Identity] * 2
     assert all(isinstance(block.norm, bnt.BatchNorm1d) for block in model[:2])
-    x = _data(70, dtype=dtype) * 2
+    x = rows(70, dtype=dtype) * 2
     with torch.no_grad():
         assert (folded(x) - model(x)).abs().max().item() <= FOLD_TOL[dtype]
     after = models.mlp(12, [8], 3, norm=bnt.BatchNorm1d, norm_position="after").eval()
@@ -292,7 +228,7 @@ def test_fold_batch_norms_folds_every_pair_of_an_mlp_and_keeps_the_rest(dtype):
 
 
 def test_fold_batch_norms_on_a_cnn_matches_eval_mode():
-    model = _randomize_affine(_cnn(bnt.BatchNorm2d, torch.float32))
+    model = randomize_affine(_cnn(bnt.BatchNorm2d, torch.float32))
     gen = torch.Generator().manual_seed(0)
     images = torch.randn(32, 2, 8, 8, generator=gen) * 2 - 1
     bnt.recompute_statistics(model, images.split(16))
@@ -307,12 +243,12 @@ def test_fold_batch_norms_on_a_cnn_matches_eval_mode():
 
 @pytest.mark.parametrize("norm", NORMS_1D.values(), ids=NORMS_1D.keys())
 def test_frozen_batch_norm_is_eval_mode_whatever_the_mode_and_learns_only_gamma_beta(norm):
-    model = _randomize_affine(_mlp(norm))
-    model(_data())
+    model = randomize_affine(small_mlp(norm))
+    model(rows())
     model.eval()
     frozen = bnt.freeze_batch_norms(model)
     assert [type(block.norm) for block in frozen[:2]] == [bnt.FrozenBatchNorm] * 2
-    x = _data(30, seed=3)
+    x = rows(30, seed=3)
     frozen.train()
     assert torch.allclose(frozen(x), model(x), rtol=0, atol=1e-12)
     before = {k: v.clone() for k, v in frozen.state_dict().items()}
@@ -329,36 +265,11 @@ def test_frozen_batch_norm_is_eval_mode_whatever_the_mode_and_learns_only_gamma_
     assert torch.equal(back.running_var, frozen[0].norm.running_var)
 
 
-def test_freeze_errors_and_single_module():
+def test_freeze_refuses_untracked_statistics_and_freezes_a_lone_module():
     with pytest.raises(ValueError, match="no running statistics"):
-        bnt.freeze_batch_norms(_mlp(lambda w: bnt.BatchNorm1d(w, track_running_stats=False)))
+        bnt.freeze_batch_norms(small_mlp(lambda w: bnt.BatchNorm1d(w, track_running_stats=False)))
     with pytest.raises(TypeError, match="bn must be"):
         bnt.FrozenBatchNorm(torch.nn.LayerNorm(3))
     frozen = bnt.freeze_batch_norms(torch.nn.BatchNorm1d(3, affine=False))
     assert isinstance(frozen, bnt.FrozenBatchNorm) and frozen.weight is None
     assert torch.equal(frozen(torch.ones(1, 3)), torch.nn.BatchNorm1d(3).eval()(torch.ones(1, 3)))
-
-
-# predictions with batch statistics ---------------------------------------------------------
-
-def test_predict_with_batch_statistics_normalizes_each_group_on_its_own():
-    x = _data()
-    model = _randomize_affine(_mlp(bnt.BatchNorm1d)).eval()
-    before = copy.deepcopy(model)
-    groups = torch.randperm(len(x), generator=torch.Generator().manual_seed(0)).split(50)
-    out = inference.predict_with_batch_statistics(model, x, groups)
-    reference = copy.deepcopy(model).train()
-    for g in groups:
-        assert torch.allclose(out[g], reference(x[g]), rtol=0, atol=1e-12)
-    _assert_buffers_equal(model, before)
-    assert not model.training
-
-
-def test_predict_with_batch_statistics_errors():
-    x, model = _data(10), _mlp(bnt.BatchNorm1d)
-    with pytest.raises(ValueError, match="exactly once"):
-        inference.predict_with_batch_statistics(model, x, [torch.arange(5), torch.arange(5)])
-    with pytest.raises(ValueError, match="batches is empty"):
-        inference.predict_with_batch_statistics(model, x, [])
-    with pytest.raises(ValueError, match="more than 1 value per channel"):
-        inference.predict_with_batch_statistics(model, x, torch.arange(10).split(9))

@@ -1,15 +1,24 @@
-"""CI runs every notebook under nbval (strict) twice: as a reader's machine runs it, and with
-rounding noise after every optimizer step (tests/rounding_noise.py).
+"""The chapters as CI runs them, read from the Makefile, the CI script, the table of contents
+and the notebooks themselves (running the notebooks here would double CI's time):
 
-Running the notebooks here would double CI's time; these tests read the Makefile and the CI
-script instead, so that an edit that drops a thread count or a notebook fails the unit tests.
+* every chapter starts with the setup cell that installs bnlib in Colab, for the configured URL;
+* CI runs every notebook under nbval (strict) twice: as a reader's machine runs it, and with
+  rounding noise after every optimizer step (tests/rounding_noise.py); an edit that drops a
+  thread count or a notebook fails these tests.
 """
 
 import re
+import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+import nbformat
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
 MAKEFILE = (ROOT / "Makefile").read_text()
+NOTEBOOKS = sorted((ROOT / "book").glob("*.ipynb"))
+sys.path.insert(0, str(ROOT / "scripts"))
+from setup_cell import TAG, setup_cell_source  # noqa: E402
 
 
 def _variable(name):
@@ -22,6 +31,15 @@ def _recipe(target):
     match = re.search(rf"^{target}:([^\n]*)\n((?:\t[^\n]*\n?)*)", MAKEFILE, re.MULTILINE)
     assert match, f"no target {target!r} in the Makefile"
     return match.group(1), match.group(2)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_first_code_cell_installs_bnlib_from_the_configured_repository(path):
+    nb = nbformat.read(path, as_version=4)
+    first_code = next(c for c in nb.cells if c.cell_type == "code")
+    assert TAG in first_code.metadata.get("tags", []), "run `make execute` (it adds the cell)"
+    assert first_code.source == setup_cell_source(), "run `make execute` to update it"
+    assert not first_code.outputs
 
 
 def test_nbval_runs_every_notebook_strictly_twice_the_second_time_with_rounding_noise():

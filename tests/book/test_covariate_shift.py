@@ -1,4 +1,4 @@
-"""bnlib.covariate_shift: the Wasserstein distance against SciPy, the gradient-based measure
+"""bnlib.book.covariate_shift: the Wasserstein distance against SciPy, the gradient-based measure
 against a step-by-step computation with torch.optim.SGD, and that measuring changes nothing."""
 
 import copy

@@ -1,10 +1,11 @@
-"""Ghost batch norm: each group normalized as its own batch by torch.nn.functional.batch_norm, in one call."""
+"""bnlib.torch.ghost: each group normalized as its own batch by torch.nn.functional.batch_norm,
+in one call."""
 
 import pytest
 import torch
 
 from bnlib import torch as bnt
-from reference import TOL, rel_err
+from tests.reference import TOL, rel_err
 
 
 @pytest.mark.parametrize("shape,group_size", [((12, 3), 4), ((8, 2, 5), 2), ((6, 3, 2, 2), 3),

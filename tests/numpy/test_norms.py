@@ -1,11 +1,12 @@
-"""bnlib.numpy LayerNorm / GroupNorm: parity with torch.nn.LayerNorm / GroupNorm in float64, gradients, errors."""
+"""bnlib.numpy.norms (LayerNorm, GroupNorm): parity with torch.nn.LayerNorm / GroupNorm in
+float64, gradients, errors."""
 
 import numpy as np
 import pytest
 import torch
 
 from bnlib import numpy as bnp
-from reference import TOL, rel_err
+from tests.reference import TOL, rel_err
 
 LAYER_CASES = [((6, 5), (5,)), ((3, 4, 5), (5,)), ((3, 4, 5), (4, 5)), ((2, 3, 2, 3), (3, 2, 3)),
                ((7,), (7,))]

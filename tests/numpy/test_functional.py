@@ -1,10 +1,12 @@
-"""bnlib.numpy: the closed-form backward against central finite differences, and its properties."""
+"""bnlib.numpy.functional: the closed-form backward against central finite differences, and its
+properties. (Parity with torch.nn: tests/test_parity.py; bad input: tests/book/test_edge_cases.py
+and tests/test_errors.py; float16 and large offsets: tests/test_numerics.py.)"""
 
 import numpy as np
 import pytest
 
 from bnlib import numpy as bnp
-from reference import batch
+from tests.reference import batch
 
 
 @pytest.mark.parametrize("shape", [(5, 3), (3, 2, 4), (2, 3, 3, 2)])
@@ -52,10 +54,3 @@ def test_output_is_invariant_to_positive_scale_and_shift_of_the_input():
     y, _ = bnp.batch_norm_forward(x, eps=1e-12)
     y2, _ = bnp.batch_norm_forward(7.5 * x - 40.0, eps=1e-12 * 7.5**2)
     assert np.abs(y - y2).max() < 1e-10
-
-
-def test_numerical_gradient_is_exact_for_a_quadratic():
-    x = np.array([1.0, -2.0, 3.0])
-    grad = bnp.numerical_gradient(lambda v: v**2, x, np.ones(3))
-    assert np.abs(grad - 2 * x).max() < 1e-8
-    assert np.array_equal(x, [1.0, -2.0, 3.0])  # the caller's array is untouched

@@ -1,0 +1,255 @@
+"""The experimental protocol of the book: how a claim is measured, once, for every chapter.
+
+A claim compares arms (with / without batch norm, BN vs GN, one learning rate vs another).
+The protocol gives every arm the same chance and lets code, not prose, decide:
+
+1. **Splits.** Train, validation and test (:func:`bnlib.book.data.with_validation`). Every
+   choice is made on validation; the test split is read once per arm, for the reported number.
+2. **Same budget.** :func:`tune` trains one architecture at every learning rate of a grid,
+   over seeds, and picks the rate on validation; :func:`tune_arms` does it for every arm with
+   the same grid, steps and optimizer.
+3. **Seeds with intervals.** :func:`interval` is the 95 % t-interval of a mean over seeds;
+   :func:`resolution` and :func:`paired_resolution` are the test set's own resolution.
+4. **Verdicts by code.** :func:`compare` says whether a difference is detected (its interval
+   over seeds excludes 0 and it exceeds the test set's resolution) and what the smallest
+   detectable effect was; :func:`verdict` turns that into one of :data:`VERDICTS`.
+
+>>> from bnlib import torch as bnt
+>>> from bnlib.book import data, models, protocol
+>>> d = data.load_digits(n_val=300)
+>>> arms = {"plain": lambda: models.mlp(64, [64], 10),
+...         "BN": lambda: models.mlp(64, [64], 10, norm=bnt.BatchNorm1d)}
+>>> tuned = protocol.tune_arms(arms, d, lrs=[0.01, 0.03, 0.1, 0.3, 1.0], seeds=range(5), steps=300)
+>>> c = protocol.compare(tuned["BN"].runs.test_accuracy, tuned["plain"].runs.test_accuracy,
+...                      resolution=protocol.paired_resolution(tuned["BN"].runs.test_correct,
+...                                                            tuned["plain"].runs.test_correct))
+>>> protocol.verdict(c, threshold=0.01)   # "holds", "not detected", ...
+"""
+
+import math
+from typing import NamedTuple
+
+import numpy as np
+from scipy import stats
+
+from . import experiments
+
+__all__ = ["VERDICTS", "Comparison", "Interval", "Tuned", "combine", "compare", "interval",
+           "paired_resolution", "resolution", "tune", "tune_arms", "verdict"]
+
+#: The verdicts of the evidence table, from the strongest to the weakest, and "mixed" for
+#: chapters that disagree.
+VERDICTS = ("holds", "holds with a caveat", "not detected", "does not hold", "mixed")
+
+#: Two-sided level of every interval.
+LEVEL = 0.95
+
+
+def _values(values, what):
+    a = np.asarray(values, dtype=float).ravel()
+    if a.size == 0:
+        raise ValueError(f"{what} is empty: a measurement needs at least one run")
+    if not np.isfinite(a).all():
+        raise ValueError(f"{what} has non-finite values {a[~np.isfinite(a)][:3]}: map 'never' "
+                         f"or a divergence to a number first, or report it as a fraction")
+    return a
+
+
+class Interval(NamedTuple):
+    """A mean over seeds with its 95 % t-interval; ``low = high = mean`` for one seed is not
+    allowed (a single run has no interval: ``low, high = -inf, inf``)."""
+
+    mean: float
+    low: float
+    high: float
+    n: int
+
+    @property
+    def half_width(self):
+        return (self.high - self.low) / 2
+
+    def format(self, digits=3):
+        """``"0.912 ± 0.006"``: the mean and the half-width of its interval."""
+        return f"{self.mean:.{digits}f} ± {self.half_width:.{digits}f}"
+
+
+def interval(values):
+    """The mean of per-seed values and its 95 % t-interval (n - 1 degrees of freedom).
+
+    Raises:
+        ValueError: no values, or a non-finite one.
+    """
+    a = _values(values, "values")
+    mean = float(a.mean())
+    if a.size == 1:
+        return Interval(mean, -math.inf, math.inf, 1)
+    half = float(stats.t.ppf(0.5 + LEVEL / 2, a.size - 1) * a.std(ddof=1) / math.sqrt(a.size))
+    return Interval(mean, mean - half, mean + half, int(a.size))
+
+
+def resolution(accuracy, n):
+    """Half-width of the 95 % binomial interval of one accuracy measured on n test examples,
+    ``1.96 * sqrt(p (1 - p) / n)``: how finely the test set itself resolves it."""
+    if not 0.0 <= accuracy <= 1.0 or n < 1:
+        raise ValueError(f"need an accuracy in [0, 1] and n >= 1, got {accuracy!r}, {n!r}")
+    return float(stats.norm.ppf(0.5 + LEVEL / 2) * math.sqrt(accuracy * (1 - accuracy) / n))
+
+
+def paired_resolution(correct_a, correct_b):
+    """Half-width of the 95 % interval of a difference of two accuracies on the same examples.
+
+    ``correct_a``, ``correct_b``: per-example correctness, shape (n,) or (seeds, n) (rows
+    paired by seed). Only the examples where the two disagree carry information (McNemar):
+    with d the mean fraction of discordant examples, ``1.96 * sqrt(d / n)``. Two arms on the
+    same test images compare more tightly than their separate resolutions suggest.
+    """
+    a, b = np.atleast_2d(np.asarray(correct_a, bool)), np.atleast_2d(np.asarray(correct_b, bool))
+    if a.shape != b.shape or a.shape[1] == 0:
+        raise ValueError(f"correct_a and correct_b must have the same non-empty shape, got "
+                         f"{a.shape} and {b.shape}")
+    discordant = float((a != b).mean())
+    return float(stats.norm.ppf(0.5 + LEVEL / 2) * math.sqrt(discordant / a.shape[1]))
+
+
+class Comparison(NamedTuple):
+    """The outcome of :func:`compare`: is ``a`` larger than ``b``?"""
+
+    effect: float  # mean(a) - mean(b)
+    low: float  # 95 % interval of the effect over seeds
+    high: float
+    resolution: float  # what the test set itself resolves (0 if not given)
+    smallest_detectable: float  # the smallest |effect| this setup could have detected
+    detected: bool  # the interval excludes 0 and |effect| > resolution
+
+    def format(self, digits=3):
+        """``"+0.012 (95 % interval +0.004 to +0.020; detectable from 0.008)"``."""
+        return (f"{self.effect:+.{digits}f} (95 % interval {self.low:+.{digits}f} to "
+                f"{self.high:+.{digits}f}; detectable from {self.smallest_detectable:.{digits}f})")
+
+
+def compare(a, b, resolution=0.0):
+    """Is ``a`` larger than ``b``? Both are per-seed measurements.
+
+    With as many values on both sides, they are paired by seed (the same seed gives both arms
+    the same batches), and the interval is the t-interval of the mean difference; otherwise
+    Welch's interval. The effect is **detected** when that interval excludes 0 *and* the
+    effect is larger than ``resolution`` (e.g. :func:`paired_resolution` of the two arms'
+    test predictions: a difference the test set cannot resolve is not a finding however
+    consistent it is over seeds). The smallest detectable effect is the larger of the
+    interval's half-width and ``resolution``.
+
+    Raises:
+        ValueError: an empty side, a non-finite value, a negative resolution, or one value on
+            each side (no spread to judge by).
+    """
+    a, b = _values(a, "a"), _values(b, "b")
+    if resolution < 0:
+        raise ValueError(f"resolution must be >= 0, got {resolution!r}")
+    if a.size == b.size:
+        if a.size < 2:
+            raise ValueError("compare needs at least two seeds per arm to judge the spread")
+        diff = interval(a - b)
+        effect, half, dof = diff.mean, diff.half_width, a.size - 1
+    else:
+        if min(a.size, b.size) < 2:
+            raise ValueError("compare needs at least two values on each side")
+        va, vb = a.var(ddof=1) / a.size, b.var(ddof=1) / b.size
+        se = math.sqrt(va + vb)
+        dof = (va + vb) ** 2 / (va ** 2 / (a.size - 1) + vb ** 2 / (b.size - 1)) if se else 1
+        effect = float(a.mean() - b.mean())
+        half = float(stats.t.ppf(0.5 + LEVEL / 2, dof) * se)
+    detected = bool(abs(effect) > half and abs(effect) > resolution)
+    return Comparison(effect, effect - half, effect + half, float(resolution),
+                      max(half, float(resolution)), detected)
+
+
+def verdict(comparison, threshold=0.0, caveat=False):
+    """The verdict on the claim "a is larger than b" (see :data:`VERDICTS`).
+
+    - "not detected": the difference is not detected (print the smallest detectable effect);
+    - "does not hold": the opposite difference is detected;
+    - "holds with a caveat": detected in the claimed direction, but smaller than the
+      practical ``threshold`` the chapter states, or ``caveat`` (a condition measured by a
+      control that limits the claim, e.g. "a careful initialization does as well");
+    - "holds": detected, larger than ``threshold``, no caveat.
+    """
+    if not isinstance(comparison, Comparison):
+        raise TypeError(f"comparison must be a Comparison, got {type(comparison).__name__}")
+    if not isinstance(caveat, (bool, np.bool_)):
+        raise TypeError(f"caveat must be a boolean, got {caveat!r}")
+    if not comparison.detected:
+        return "not detected"
+    if comparison.effect < 0:
+        return "does not hold"
+    if comparison.effect < threshold or caveat:
+        return "holds with a caveat"
+    return "holds"
+
+
+def combine(verdicts):
+    """One verdict for a claim measured in several chapters: theirs if they agree, else "mixed".
+
+    "holds" and "holds with a caveat" agree (the weaker one is kept).
+    """
+    verdicts = list(verdicts)
+    unknown = [v for v in verdicts if v not in VERDICTS]
+    if not verdicts or unknown:
+        raise ValueError(f"need verdicts from {VERDICTS}, got {verdicts}")
+    distinct = set(verdicts)
+    if distinct <= {"holds", "holds with a caveat"}:
+        return "holds with a caveat" if "holds with a caveat" in distinct else "holds"
+    return verdicts[0] if len(distinct) == 1 else "mixed"
+
+
+class Tuned(NamedTuple):
+    """What :func:`tune` returns: every setting's runs, the one picked on validation, its runs."""
+
+    grid: dict  # lr -> experiments.Runs
+    best: float  # the learning rate picked on validation
+    runs: "experiments.Runs"  # grid[best]: report these (their test accuracy)
+
+
+def _score(select, target):
+    if select == "accuracy":
+        return lambda runs: runs.mean_final_accuracy
+    if select == "steps":
+        if target is None:
+            raise ValueError("select='steps' needs a target accuracy")
+        # fewer steps is better; a run that never gets there counts as one step beyond the end
+        return lambda runs: -float(np.mean([
+            s if s is not None else h.steps[-1] + 1
+            for s, h in zip(runs.steps_to(target), runs.histories)]))
+    raise ValueError(f"select must be 'accuracy' or 'steps', got {select!r}")
+
+
+def tune(build, data, lrs, seeds, select="accuracy", target=None, **train_kwargs):
+    """Train ``build()`` at every learning rate of ``lrs`` over ``seeds``; pick one on validation.
+
+    Args:
+        build: a function of no arguments returning a new model.
+        data: a :class:`bnlib.book.data.Dataset` with a validation split.
+        lrs: the grid (log-spaced, at least 5 values for a claim about an arm's best).
+        seeds: the seeds (at least 5 where a run is cheap, at least 3 otherwise).
+        select: "accuracy" (the highest mean final validation accuracy) or "steps" (the
+            fewest mean steps to ``target`` validation accuracy; a run that never gets there
+            counts as one step beyond the end). Ties go to the smaller rate.
+        **train_kwargs: passed to :func:`bnlib.book.experiments.repeat` (``steps`` required).
+
+    Raises:
+        ValueError: data without a validation split; an empty grid; what ``repeat`` raises.
+    """
+    if data.x_val is None:
+        raise ValueError("tuning needs a validation split: use data.with_validation(...) or "
+                         "a loader's n_val, so that the test split is not used for choices")
+    lrs = sorted(float(lr) for lr in lrs)
+    if not lrs:
+        raise ValueError("lrs is empty: there is nothing to tune")
+    grid = {lr: experiments.repeat(build, data, seeds, lr=lr, **train_kwargs) for lr in lrs}
+    best = experiments.best(grid, _score(select, target))
+    return Tuned(grid, best, grid[best])
+
+
+def tune_arms(arms, data, lrs, seeds, select="accuracy", target=None, **train_kwargs):
+    """:func:`tune` for every arm ``{name: build}`` with the same grid, seeds and budget."""
+    return {name: tune(build, data, lrs, seeds, select, target, **train_kwargs)
+            for name, build in arms.items()}

@@ -1,0 +1,1 @@
+"""bnlib's tests: one folder per package, one file per module; cross-cutting suites here."""

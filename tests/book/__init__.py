@@ -1,0 +1,1 @@
+"""Tests of the chapters' toolkit bnlib.book, one file per module."""

@@ -1,0 +1,158 @@
+"""bnlib.book.protocol: intervals, resolutions, comparisons and verdicts computed as the
+protocol says, and tuning that picks on validation with the same budget for every arm."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from bnlib import torch as bnt
+from bnlib.book import data, models, protocol, training
+
+
+def test_interval_is_the_t_interval_of_the_mean():
+    values = [0.90, 0.92, 0.91, 0.95, 0.93]
+    iv = protocol.interval(values)
+    half = stats.t.ppf(0.975, 4) * np.std(values, ddof=1) / math.sqrt(5)
+    assert iv.mean == pytest.approx(np.mean(values))
+    assert (iv.low, iv.high) == pytest.approx((iv.mean - half, iv.mean + half))
+    assert iv.half_width == pytest.approx(half) and iv.n == 5
+    assert iv.format(3) == f"{np.mean(values):.3f} ± {half:.3f}"
+
+
+def test_one_value_has_no_interval_and_bad_values_are_refused():
+    assert protocol.interval([0.5])[1:3] == (-math.inf, math.inf)
+    for bad in ([], [0.1, float("nan")], [float("inf"), 0.2]):
+        with pytest.raises(ValueError):
+            protocol.interval(bad)
+
+
+def test_resolution_of_one_accuracy_is_the_binomial_half_width():
+    assert protocol.resolution(0.95, 1000) == pytest.approx(1.96 * math.sqrt(0.95 * 0.05 / 1000),
+                                                            rel=1e-3)
+    assert protocol.resolution(0.95, 1000) == pytest.approx(0.0135, abs=1e-4)  # the note's ±1.4
+    with pytest.raises(ValueError):
+        protocol.resolution(1.5, 10)
+
+
+def test_paired_resolution_counts_only_the_examples_where_the_arms_disagree():
+    a = np.zeros(1000, bool)
+    b = a.copy()
+    assert protocol.paired_resolution(a, b) == 0.0
+    b[:40] = True  # 40 discordant of 1000
+    assert protocol.paired_resolution(a, b) == pytest.approx(1.96 * math.sqrt(0.04 / 1000),
+                                                             rel=1e-3)
+    # rows are seeds: the mean discordance is used
+    two = protocol.paired_resolution(np.stack([a, a]), np.stack([b, a]))
+    assert two == pytest.approx(1.96 * math.sqrt(0.02 / 1000), rel=1e-3)
+    with pytest.raises(ValueError):
+        protocol.paired_resolution(a, b[:10])
+
+
+def test_a_consistent_difference_is_detected_and_noise_is_not():
+    a = [0.95, 0.96, 0.94, 0.95, 0.96]
+    c = protocol.compare(a, [x - 0.02 for x in a])  # paired: the same 0.02 every seed
+    assert c.detected and c.effect == pytest.approx(0.02) and c.low == pytest.approx(0.02)
+    noisy = protocol.compare([0.95, 0.91, 0.97, 0.93, 0.94], [0.94, 0.95, 0.92, 0.96, 0.93])
+    assert not noisy.detected and noisy.low < 0 < noisy.high
+    assert noisy.smallest_detectable == pytest.approx((noisy.high - noisy.low) / 2)
+
+
+def test_an_effect_below_the_test_resolution_is_not_detected_however_consistent():
+    a = [0.950, 0.951, 0.952, 0.950, 0.951]
+    c = protocol.compare(a, [x - 0.005 for x in a], resolution=0.01)
+    assert not c.detected and c.smallest_detectable == 0.01
+    assert protocol.verdict(c) == "not detected"
+
+
+def test_unpaired_arms_use_welch_s_interval():
+    c = protocol.compare([1.0, 1.1, 0.9], [0.0, 0.1, -0.1, 0.05])
+    welch = stats.ttest_ind([1.0, 1.1, 0.9], [0.0, 0.1, -0.1, 0.05], equal_var=False)
+    assert c.detected and welch.pvalue < 0.05
+    with pytest.raises(ValueError, match="two"):
+        protocol.compare([1.0], [0.5])
+
+
+@pytest.mark.parametrize("a,b,threshold,caveat,expected", [
+    ([1.0, 1.1, 1.2], [0.0, 0.1, 0.2], 0.5, False, "holds"),
+    ([1.0, 1.1, 1.2], [0.0, 0.1, 0.2], 2.0, False, "holds with a caveat"),
+    ([1.0, 1.1, 1.2], [0.0, 0.1, 0.2], 0.5, True, "holds with a caveat"),
+    ([0.0, 0.1, 0.2], [1.0, 1.1, 1.2], 0.5, False, "does not hold"),
+    ([0.0, 0.3, -0.2], [0.1, 0.0, 0.0], 0.0, False, "not detected"),
+])
+def test_verdicts_follow_the_protocol_table(a, b, threshold, caveat, expected):
+    assert protocol.verdict(protocol.compare(a, b), threshold, caveat) == expected
+    assert expected in protocol.VERDICTS
+
+
+def test_verdict_refuses_what_is_not_a_comparison():
+    with pytest.raises(TypeError):
+        protocol.verdict(True)
+    with pytest.raises(TypeError):
+        protocol.verdict(protocol.compare([1, 2], [0, 1]), caveat="yes")
+
+
+def test_combine_keeps_agreement_and_calls_disagreement_mixed():
+    assert protocol.combine(["holds", "holds"]) == "holds"
+    assert protocol.combine(["holds", "holds with a caveat"]) == "holds with a caveat"
+    assert protocol.combine(["not detected", "not detected"]) == "not detected"
+    assert protocol.combine(["holds", "does not hold"]) == "mixed"
+    assert protocol.combine(["holds", "not detected"]) == "mixed"
+    with pytest.raises(ValueError):
+        protocol.combine(["maybe"])
+
+
+def _digits():
+    return data.load_digits(n_val=300)
+
+
+def test_tune_picks_on_validation_and_reads_test_once_per_run():
+    d = _digits()
+    tuned = protocol.tune(lambda: models.mlp(64, [16], 10), d, lrs=[1e-4, 0.3], seeds=[0, 1],
+                          steps=60, batch_size=32, eval_every=30)
+    assert tuned.best == 0.3 and tuned.runs is tuned.grid[0.3]
+    for h in tuned.runs.histories:
+        assert h.split == "validation" and h.steps == [0, 30, 60]
+        assert h.test_correct.shape == (len(d.y_test),)
+        assert h.test_accuracy == pytest.approx(float(h.test_correct.double().mean()))
+    assert tuned.runs.test_correct.shape == (2, len(d.y_test))
+
+
+def test_tune_by_steps_to_a_target_prefers_the_faster_rate():
+    d = _digits()
+    tuned = protocol.tune(lambda: models.mlp(64, [16], 10, norm=bnt.BatchNorm1d), d,
+                          lrs=[0.003, 0.3], seeds=[0, 1], select="steps", target=0.8,
+                          steps=60, batch_size=32, eval_every=10)
+    assert tuned.best == 0.3
+
+
+def test_tune_refuses_data_without_validation_and_bad_choices():
+    build = lambda: models.mlp(64, [8], 10)  # noqa: E731
+    with pytest.raises(ValueError, match="validation"):
+        protocol.tune(build, data.load_digits(), lrs=[0.1], seeds=[0], steps=5)
+    with pytest.raises(ValueError, match="empty"):
+        protocol.tune(build, _digits(), lrs=[], seeds=[0], steps=5)
+    with pytest.raises(ValueError, match="target"):
+        protocol.tune(build, _digits(), lrs=[0.1], seeds=[0], select="steps", steps=5)
+
+
+def test_tune_arms_gives_every_arm_the_same_grid_and_seeds():
+    arms = {"plain": lambda: models.mlp(64, [8], 10),
+            "BN": lambda: models.mlp(64, [8], 10, norm=bnt.BatchNorm1d)}
+    tuned = protocol.tune_arms(arms, _digits(), lrs=[0.3, 0.03], seeds=[0, 1], steps=20,
+                               batch_size=32, eval_every=20)
+    assert set(tuned) == {"plain", "BN"}
+    for t in tuned.values():
+        assert sorted(t.grid) == [0.03, 0.3] and t.runs.seeds == [0, 1]
+
+
+def test_a_diverged_run_has_chance_test_accuracy_and_no_predictions():
+    training.deterministic(0)
+    net = models.mlp(64, [8], 10)
+    with torch.no_grad():
+        net[0].linear.weight.mul_(1e150)
+    d = _digits()
+    h = training.train(net, d, steps=20, lr=1e300, eval_every=5)
+    assert h.diverged and h.test_accuracy == pytest.approx(0.1) and h.test_correct is None

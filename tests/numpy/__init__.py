@@ -1,0 +1,1 @@
+"""Tests of bnlib.numpy, one file per module."""
