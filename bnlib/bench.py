@@ -6,7 +6,9 @@ interleaved round-robin after a warm-up; each cell reports the median, min and m
 samples. Batch norm is memory-bound, so each time is also expressed as a fraction of the
 memory-copy bandwidth measured in the same run: compulsory bytes (forward reads x and writes
 y: 2B; forward+backward also reads dy and x and writes dx: 5B, B = bytes of x) divided by the
-time, divided by the bandwidth of ``dst.copy_(src)`` (which moves 2B).
+time, divided by the bandwidth of ``dst.copy_(src)`` (reads and writes ``src.nbytes`` each).
+The copy's source is larger than the last-level cache (:func:`last_level_cache_bytes`), so
+the yardstick is the bandwidth of main memory, not of the cache, whatever the input's size.
 
 Also reported: bytes saved for backward (via ``torch.autograd.graph.saved_tensors_hooks``,
 relative to B) and the peak memory of the NumPy forward+backward (``tracemalloc``, relative
@@ -21,7 +23,10 @@ Examples::
 """
 
 import argparse
+import glob
 import json
+import os
+import re
 import statistics
 import sys
 import time
@@ -34,11 +39,14 @@ from bnlib import numpy as bnp
 from bnlib import torch as bnt
 from bnlib.torch.compiled import batch_norm_compiled
 
-__all__ = ["bench_shape", "format_table", "main", "numpy_peak_bytes", "saved_bytes",
-           "torch_implementations"]
+__all__ = ["bench_shape", "format_table", "interleaved_times", "last_level_cache_bytes", "main",
+           "numpy_peak_bytes", "saved_bytes", "torch_implementations"]
 
 STANDARD_SHAPES = [(256, 1024), (64, 64, 32, 32), (32, 256, 14, 14)]
 QUICK_SHAPES = [(64, 256), (8, 16, 16, 16)]
+DEFAULT_CACHE_BYTES = 32 * 2**20  # when the cache size cannot be read
+MIN_COPY_BYTES = 64 * 2**20
+MAX_COPY_BYTES = 512 * 2**20
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16,
           "float16": torch.float16}
 
@@ -65,6 +73,53 @@ def torch_implementations(compiled=False):
     return impls
 
 
+def _parse_size(text):
+    """A sysfs cache size such as ``"32768K"`` or ``"1M"`` in bytes; None if unreadable."""
+    match = re.fullmatch(r"\s*(\d+)\s*([KMG]?)B?\s*", text, re.IGNORECASE)
+    if match is None:
+        return None
+    return int(match.group(1)) * 1024 ** " KMG".index(match.group(2).upper() or " ")
+
+
+def last_level_cache_bytes(device=None, default=DEFAULT_CACHE_BYTES):
+    """Size in bytes of the largest cache in front of main memory, or ``default`` if unknown.
+
+    CPU: the highest-level data or unified cache of CPU 0, read from Linux's sysfs
+    (``/sys/devices/system/cpu/cpu0/cache/index*/{level,type,size}``; on a processor whose L3
+    is split between core complexes this is one complex's share, the cache a single thread
+    uses). CUDA: the device's L2 cache (``torch.cuda.get_device_properties``). Anything else,
+    or a file that is missing or unreadable: ``default`` (32 MiB).
+
+    A copy or a pass over data larger than this size runs at the speed of main memory; data
+    that fits may be read again from the cache.
+    """
+    device = torch.device("cpu" if device is None else device)
+    if device.type == "cuda":
+        size = getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 0)
+        return int(size) if size else default
+    if device.type != "cpu":
+        return default
+    best = None
+    for index in glob.glob("/sys/devices/system/cpu/cpu0/cache/index*"):
+        try:
+            with open(os.path.join(index, "type")) as f:
+                kind = f.read().strip()
+            with open(os.path.join(index, "level")) as f:
+                level = int(f.read())
+            with open(os.path.join(index, "size")) as f:
+                size = _parse_size(f.read())
+        except (OSError, ValueError):
+            continue
+        if kind in ("Data", "Unified") and size and (best is None or level > best[0]):
+            best = (level, size)
+    return best[1] if best else default
+
+
+def _copy_bytes(device):
+    """Source size of the yardstick copy: twice the last-level cache, within 64-512 MiB."""
+    return min(max(2 * last_level_cache_bytes(device), MIN_COPY_BYTES), MAX_COPY_BYTES)
+
+
 def _sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -78,8 +133,16 @@ def _time_once(fn, device):
     return time.perf_counter() - start
 
 
-def _interleaved(calls, samples, warmup, device):
-    """Run every call ``warmup`` times, then ``samples`` rounds in turn; return its times."""
+def interleaved_times(calls, samples, warmup, device=None):
+    """Time zero-argument callables round-robin; return ``{name: [seconds per round]}``.
+
+    Every call runs ``warmup`` times first (untimed: compilation, first-touch page faults,
+    caches), then ``samples`` rounds in which each call runs once, in turn. On a shared,
+    noisy machine, interleaving exposes every call to the same disturbances, so ratios of
+    medians are far more stable than the times themselves. ``device``: synchronize this CUDA
+    device around every call (None or a CPU device: no synchronization).
+    """
+    device = torch.device("cpu" if device is None else device)
     for fn in calls.values():
         for _ in range(warmup):
             fn()
@@ -127,8 +190,46 @@ def _summary(samples):
     return {"median": statistics.median(samples), "min": min(samples), "max": max(samples)}
 
 
-def bench_shape(shape, dtype, device, samples, warmup, compiled=False, with_numpy=True):
-    """All implementations and passes for one shape; returns a JSON-friendly dict."""
+def bench_shape(shape, dtype, device, samples, warmup, compiled=False, with_numpy=True,
+                implementations=None, copy_bytes=None, extra=None, copy_between=False):
+    """All implementations and passes for one shape; returns a JSON-friendly dict.
+
+    Every call below is timed in the same rounds, round-robin, after ``warmup`` untimed
+    rounds: each implementation's forward pass and its forward+backward pass
+    (``torch.autograd.grad`` of the output with respect to x, weight and bias, for a fixed
+    random dy: no gradient is accumulated into ``.grad``), the NumPy closed form and staged
+    versions (CPU float32 only, unless ``with_numpy=False``), and the zero-argument callables
+    of ``extra``. A copy of ``copy_bytes`` bytes (default:
+    twice the last-level cache, within 64-512 MiB, see :func:`last_level_cache_bytes`) is
+    timed first in every round, or, with ``copy_between=True``, before every other call: the
+    yardstick then gets many samples spread over the run, so that its median is robust on a
+    machine shared with other work (and every call starts with caches that hold the copy,
+    not its input: use it for inputs larger than the cache).
+
+    Args:
+        shape: ``(N, C, *)`` input shape; dtype, device: of the input (half-precision input
+            gets float32 parameters).
+        samples, warmup: timed and untimed rounds.
+        compiled: include the compiled implementations of :func:`torch_implementations`.
+        with_numpy: include the NumPy implementations (CPU float32 only).
+        implementations: ``{name: fn(x, weight, bias)}`` in training mode, replacing
+            :func:`torch_implementations`; it must contain ``"torch native"``, the reference
+            of every ratio.
+        copy_bytes: bytes of the copy's source.
+        extra: ``{name: fn()}``, further calls timed in the same rounds (e.g. eval mode, a
+            matrix product); their times are reported under ``"extra"``.
+        copy_between: time the copy before every call instead of once per round.
+
+    Returns:
+        ``{"shape", "dtype", "device", "input_bytes", "copy_bytes", "copy_seconds" (median,
+        min, max over all its samples), "copy_bandwidth_GBs" (bytes read plus bytes written
+        by the copy, per second, median), "rows", "extra"}``.
+        Each row: ``implementation``, ``pass``, ``seconds`` (median, min, max),
+        ``ratio_to_native`` (the same over the native median of that pass),
+        ``fraction_of_copy_bandwidth`` (compulsory bytes / median time / copy bandwidth), and
+        ``saved_bytes_ratio`` (torch, forward+backward) or ``peak_bytes_ratio`` (NumPy,
+        forward+backward). ``extra``: ``{name: seconds (median, min, max)}``.
+    """
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(shape, generator=gen).to(device=device, dtype=dtype)
     dy = torch.randn(shape, generator=gen).to(device=device, dtype=dtype)
@@ -139,13 +240,18 @@ def bench_shape(shape, dtype, device, samples, warmup, compiled=False, with_nump
     x_grad = x.clone().requires_grad_()
     nbytes = x.numel() * x.element_size()
 
-    copy_dst = torch.empty_like(x)
-    calls = {"copy": lambda: copy_dst.copy_(x)}
-    impls = torch_implementations(compiled)
+    copy_bytes = _copy_bytes(device) if copy_bytes is None else int(copy_bytes)
+    copy_src = torch.ones(copy_bytes // 4, device=device)  # float32; the values do not matter
+    copy_dst = torch.empty_like(copy_src)
+    calls = {}
+    impls = torch_implementations(compiled) if implementations is None else dict(implementations)
+    if "torch native" not in impls:
+        raise ValueError("implementations must include 'torch native', the reference of "
+                         "every ratio")
     for name, fn in impls.items():
         calls[f"{name}|forward"] = (lambda f=fn: f(x, weight, bias))
         calls[f"{name}|forward+backward"] = (
-            lambda f=fn: torch.autograd.backward(f(x_grad, weight, bias), dy))
+            lambda f=fn: torch.autograd.grad(f(x_grad, weight, bias), (x_grad, weight, bias), dy))
     x_np, dy_np = x.float().cpu().numpy(), dy.float().cpu().numpy()
     g_np, b_np = np.ones(c, np.float32), np.zeros(c, np.float32)
     numpy_ok = with_numpy and device.type == "cpu" and dtype == torch.float32
@@ -156,14 +262,25 @@ def bench_shape(shape, dtype, device, samples, warmup, compiled=False, with_nump
             calls[f"{name}|forward"] = lambda f=forward: f(x_np, g_np, b_np)
             calls[f"{name}|forward+backward"] = (
                 lambda f=forward_backward: f(x_np, g_np, b_np, dy_np))
+    extra = dict(extra or {})
+    for name in extra:
+        calls[f"extra|{name}"] = extra[name]
+    with_copies = {}
+    for i, (key, fn) in enumerate(calls.items()):
+        if i == 0 or copy_between:
+            with_copies[f"copy|{i}"] = lambda: copy_dst.copy_(copy_src)
+        with_copies[key] = fn
 
-    times = _interleaved(calls, samples, warmup, device)
-    copy_bw = 2 * nbytes / statistics.median(times["copy"])
+    times = interleaved_times(with_copies, samples, warmup, device)
+    copy_times = [t for key in with_copies if key.startswith("copy|") for t in times.pop(key)]
+    copy_bw = 2 * copy_bytes / statistics.median(copy_times)
     result = {"shape": list(shape), "dtype": str(dtype).replace("torch.", ""),
-              "device": str(device), "input_bytes": nbytes, "copy_bandwidth_GBs": copy_bw / 1e9,
-              "rows": []}
+              "device": str(device), "input_bytes": nbytes, "copy_bytes": copy_bytes,
+              "copy_seconds": _summary(copy_times), "copy_bandwidth_GBs": copy_bw / 1e9,
+              "rows": [],
+              "extra": {name: _summary(times[f"extra|{name}"]) for name in extra}}
     for key, samples_ in times.items():
-        if key == "copy":
+        if key.startswith("extra|"):
             continue
         name, pass_ = key.split("|")
         native = statistics.median(times[f"torch native|{pass_}"])
@@ -184,7 +301,8 @@ def format_table(result):
     """One shape's rows as an aligned text table."""
     lines = [f"shape {tuple(result['shape'])}  {result['dtype']} on {result['device']}  "
              f"(input {result['input_bytes'] / 2**20:.1f} MiB, copy bandwidth "
-             f"{result['copy_bandwidth_GBs']:.1f} GB/s)",
+             f"{result['copy_bandwidth_GBs']:.1f} GB/s over "
+             f"{result.get('copy_bytes', result['input_bytes']) / 2**20:.0f} MiB)",
              f"  {'implementation':<26}{'pass':<18}{'median ms':>10}{'ratio (min-max)':>22}"
              f"{'of copy bw':>11}{'saved/B':>9}{'peak/B':>8}"]
     for row in result["rows"]:
@@ -195,6 +313,8 @@ def format_table(result):
         lines.append(f"  {row['implementation']:<26}{row['pass']:<18}"
                      f"{row['seconds']['median'] * 1e3:>10.3f}{ratio:>22}"
                      f"{row['fraction_of_copy_bandwidth']:>11.2f}{saved:>9}{peak:>8}")
+    for name, seconds in result.get("extra", {}).items():
+        lines.append(f"  {name:<44}{seconds['median'] * 1e3:>10.3f}")
     return "\n".join(lines)
 
 

@@ -1,6 +1,10 @@
-"""The benchmark's --quick mode as a smoke test: it runs and reports every cell (no timing asserts)."""
+"""The benchmark: --quick mode as a smoke test (it runs and reports every cell; no timing asserts),
+and its helpers (cache size, interleaving, chosen implementations and extra calls)."""
 
 import json
+
+import pytest
+import torch
 
 from bnlib import bench
 
@@ -24,3 +28,49 @@ def test_quick_benchmark_reports_every_implementation_and_pass(tmp_path, capsys)
         staged, closed = (rows[(n, "forward+backward")]["peak_bytes_ratio"]
                           for n in ("NumPy staged", "NumPy closed form"))
         assert staged > closed
+
+
+def test_last_level_cache_size_is_read_from_sysfs_or_falls_back(monkeypatch):
+    size = bench.last_level_cache_bytes()
+    assert isinstance(size, int) and size >= 2**16
+    assert bench.last_level_cache_bytes("meta", default=123) == 123
+    monkeypatch.setattr(bench.glob, "glob", lambda pattern: [])  # no sysfs (e.g. macOS)
+    assert bench.last_level_cache_bytes(default=456) == 456
+    assert bench._parse_size("32768K") == 32 * 2**20 and bench._parse_size("1M") == 2**20
+    assert bench._parse_size("") is None and bench._parse_size("large") is None
+
+
+def test_interleaved_times_runs_warmup_then_rounds_in_turn():
+    order = []
+    calls = {"a": lambda: order.append("a"), "b": lambda: order.append("b")}
+    times = bench.interleaved_times(calls, samples=3, warmup=2)
+    assert order == ["a", "a", "b", "b"] + ["a", "b"] * 3
+    assert {name: len(t) for name, t in times.items()} == {"a": 3, "b": 3}
+    assert all(t >= 0 for ts in times.values() for t in ts)
+
+
+def test_bench_shape_with_chosen_implementations_copy_size_and_extra_calls():
+    impls = {name: fn for name, fn in bench.torch_implementations().items()
+             if name in ("torch native", "bnlib.torch")}
+    calls = []
+    result = bench.bench_shape((8, 4, 5, 5), torch.float32, torch.device("cpu"), samples=2,
+                               warmup=1, with_numpy=False, implementations=impls,
+                               copy_bytes=2**20, extra={"noop": lambda: calls.append(1)})
+    assert result["copy_bytes"] == 2**20 and result["copy_bandwidth_GBs"] > 0
+    assert 0 < result["copy_seconds"]["min"] <= result["copy_seconds"]["median"]
+    between = bench.bench_shape((8, 4), torch.float32, torch.device("cpu"), samples=1, warmup=0,
+                                with_numpy=False, implementations=impls, copy_bytes=2**20,
+                                copy_between=True)
+    assert between["copy_seconds"]["min"] > 0 and len(between["rows"]) == 4
+    assert {(r["implementation"], r["pass"]) for r in result["rows"]} == {
+        (name, p) for name in impls for p in ("forward", "forward+backward")}
+    assert set(result["extra"]) == {"noop"} and len(calls) == 3  # 1 warm-up + 2 rounds
+    assert "noop" in bench.format_table(result)
+    with pytest.raises(ValueError, match="torch native"):
+        bench.bench_shape((8, 4), torch.float32, torch.device("cpu"), samples=1, warmup=0,
+                          implementations={"bnlib.torch": impls["bnlib.torch"]})
+
+
+def test_default_copy_is_larger_than_the_last_level_cache():
+    assert bench._copy_bytes(torch.device("cpu")) >= min(2 * bench.last_level_cache_bytes(),
+                                                         bench.MAX_COPY_BYTES)

@@ -18,14 +18,26 @@ Gaussian gives ``sqrt(2(m-1))/m``). The normalized value of one example sitting 
     \\mathrm{std}(\\hat x) \\approx \\sqrt{\\frac{1 + z\\,g_1 + z^2 (k - 1)/4}{m}} .
 
 For m = 2 it is exact that ``xhat = +-1`` (up to eps), whatever the example's value.
+
+Batch norm divides by the standard deviation ``sigma_B``, not by the variance. To first order
+(the delta method, ``d sqrt(v) = dv / (2 sqrt(v))``) its relative spread is half the
+variance's:
+
+.. math::
+
+    \\frac{\\mathrm{std}(\\sigma_B)}{\\sigma} \\approx
+        \\frac{1}{2} \\frac{\\mathrm{std}(\\sigma^2_B)}{\\sigma^2}
+        \\approx \\sqrt{\\frac{k - 1}{4 m}}
+
+(:func:`scale_noise`; measured by :func:`measured_scale_noise`).
 """
 
 from typing import NamedTuple
 
 import torch
 
-__all__ = ["BatchNoise", "measured_noise", "population_moments", "predicted_noise",
-           "variance_noise"]
+__all__ = ["BatchNoise", "measured_noise", "measured_scale_noise", "population_moments",
+           "predicted_noise", "scale_noise", "variance_noise"]
 
 
 class BatchNoise(NamedTuple):
@@ -103,3 +115,34 @@ def measured_noise(x, m, num_batches=1000, z=1.0, eps=1e-5, seed=0):
     return BatchNoise(batch_mean.std(0, unbiased=False) / var.sqrt(),
                       batch_var.std(0, unbiased=False) / var,
                       xhat.std(0, unbiased=False))
+
+
+def scale_noise(m, kurtosis):
+    """First-order ``std(sigma_B) / sigma`` for m values of a population of that kurtosis.
+
+    Half of :func:`variance_noise` (the delta method; see the module docstring): good from a
+    few tens of values on, too small for a handful (where ``sigma_B`` is far from Gaussian).
+
+    Raises:
+        ValueError: m < 2.
+    """
+    return variance_noise(m, kurtosis) / 2
+
+
+def measured_scale_noise(x, m, num_batches=1000, eps=1e-5, seed=0):
+    """``std(sqrt(sigma^2_B + eps)) / sqrt(sigma^2 + eps)`` per feature of ``x`` (N, D), over
+    ``num_batches`` batches of m rows drawn with replacement (the divisor batch norm uses).
+
+    The batches are those of :func:`measured_noise` with the same ``seed``.
+
+    Raises:
+        ValueError: m < 2 or num_batches < 2.
+    """
+    _check_batch_size(m)
+    if num_batches < 2:
+        raise ValueError(f"num_batches must be >= 2 to measure a spread, got {num_batches!r}")
+    _, var, _, _ = population_moments(x)
+    gen = torch.Generator().manual_seed(seed)
+    batches = x.double()[torch.randint(len(x), (num_batches, m), generator=gen)]  # (B, m, D)
+    batch_var = ((batches - batches.mean(1, keepdim=True)) ** 2).mean(1)
+    return torch.sqrt(batch_var + eps).std(0, unbiased=False) / torch.sqrt(var + eps)

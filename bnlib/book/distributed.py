@@ -3,12 +3,18 @@ chapter that compares synchronized and per-device batch norm.
 
 :func:`spawn_local` starts the processes (gloo over the loopback interface: nothing leaves
 the machine); :func:`run_data_parallel` trains normalization layers on one shard per process.
+:func:`run_calls` runs several functions in one group, so that a chapter starts its processes
+once (starting them costs seconds, the work often milliseconds): e.g.
+:func:`data_parallel_steps` (what :func:`run_data_parallel` runs) and
+:func:`time_sync_batch_norm` (what synchronizing batch norm costs next to the computation).
 """
 
+import copy
 import datetime
 import io
 import os
 import socket
+import statistics
 import tempfile
 import time
 
@@ -18,7 +24,8 @@ import torch.multiprocessing as mp
 
 from .. import _checks
 
-__all__ = ["run_data_parallel", "spawn_local"]
+__all__ = ["data_parallel_steps", "run_calls", "run_data_parallel", "spawn_local",
+           "time_sync_batch_norm"]
 
 
 def _local_process(rank, fn, world_size, port, backend, timeout, out_dir, payload):
@@ -140,3 +147,98 @@ def run_data_parallel(modules, inputs, upstream, backend="gloo", timeout=120.0):
         raise ValueError("every step needs one input and one upstream gradient per process")
     return spawn_local(_run_shards, world_size, (modules, inputs, upstream), backend, timeout)
 
+
+def data_parallel_steps(rank, world_size, modules, inputs, upstream):
+    """In a process of a group: what :func:`run_data_parallel` runs (for :func:`run_calls`).
+
+    ``modules``, ``inputs``, ``upstream`` and the result are those of
+    :func:`run_data_parallel`, for this process's ``rank``.
+    """
+    return _run_shards(rank, world_size, modules, inputs, upstream)
+
+
+def _run_calls(rank, world_size, calls):
+    return [fn(rank, world_size, *args) for fn, args in calls]
+
+
+def run_calls(calls, world_size, backend="gloo", timeout=120.0):
+    """Run several functions, one after another, in one group of ``world_size`` processes.
+
+    Each process runs ``fn(rank, world_size, *args)`` for every ``(fn, args)`` of ``calls``,
+    in order (collectives of one call pair with the same call's in the other processes).
+    One start-up for all of them: see :func:`spawn_local` (which this calls) for how the
+    processes are started and what ``fn`` and ``args`` must be.
+
+    Returns:
+        A list over ``calls`` of lists over ranks of the results.
+
+    Raises:
+        ValueError: no calls, or an entry that is not ``(function, args)``; and what
+            :func:`spawn_local` raises.
+    """
+    calls = [tuple(call) for call in calls]
+    if not calls or any(len(call) != 2 or not callable(call[0]) for call in calls):
+        raise ValueError("calls must be a non-empty list of (function, args) pairs")
+    per_rank = spawn_local(_run_calls, world_size, ([(fn, tuple(args)) for fn, args in calls],),
+                           backend, timeout)
+    return [[per_rank[rank][i] for rank in range(world_size)] for i in range(len(calls))]
+
+
+def time_sync_batch_norm(rank, world_size, model, input_shape, repeats=10, warmup=2):
+    """In a process of a group: what synchronizing a model's batch norms costs per step.
+
+    Times, in wall-clock seconds (waiting for the other processes is the cost), one training
+    step (forward, ``sum`` of the output, backward) of ``model`` on a random batch of
+    ``input_shape`` in this process: once as it is, its batch norms normalizing this
+    process's examples, and once as a copy converted by
+    :meth:`bnlib.torch.SyncBatchNorm.convert_sync_batchnorm`. Also times the collectives
+    alone that the synchronized layers add: per batch-norm layer of C channels, one
+    ``all_gather`` of ``2 C + 1`` numbers (count, means, variances; float64) and one
+    ``all_reduce`` of ``2 C``. The three are interleaved, each after a barrier, ``warmup``
+    times untimed and then ``repeats`` times.
+
+    Args:
+        model: a module with batch-norm layers, in training mode, whose parameters set the
+            dtype of the batch.
+        input_shape: ``(N, ...)``, this process's batch.
+
+    Returns:
+        ``{"per_process": s, "synchronized": s, "collectives": s}``: medians over the repeats.
+
+    Raises:
+        ValueError: ``repeats`` < 1, or a model without batch norm.
+    """
+    from ..torch import SyncBatchNorm  # the library, imported where it is needed
+
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats!r}")
+    layers = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not layers:
+        raise ValueError("the model has no batch-norm layer: there is nothing to synchronize")
+    dtype = next(model.parameters()).dtype
+    synced = SyncBatchNorm.convert_sync_batchnorm(copy.deepcopy(model))
+    gen = torch.Generator().manual_seed(rank)
+    x = torch.randn(*input_shape, generator=gen, dtype=dtype)
+
+    def step(net):
+        net(x).sum().backward()
+
+    def collectives():
+        for layer in layers:
+            c = layer.num_features
+            local = torch.zeros(2 * c + 1, dtype=torch.float64)
+            table = [torch.empty_like(local) for _ in range(world_size)]
+            dist.all_gather(table, local)
+            dist.all_reduce(torch.zeros(2 * c, dtype=torch.float64))
+
+    times = {"per_process": [], "synchronized": [], "collectives": []}
+    work = {"per_process": lambda: step(model), "synchronized": lambda: step(synced),
+            "collectives": collectives}
+    for i in range(warmup + repeats):
+        for name, fn in work.items():
+            dist.barrier()
+            start = time.perf_counter()
+            fn()
+            if i >= warmup:
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}

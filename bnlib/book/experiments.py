@@ -6,6 +6,9 @@
 ...                                steps=300, lr=lr) for lr in (0.01, 0.1, 1.0)}
 >>> best_lr = experiments.best(runs, lambda r: r.mean_final_accuracy)  # on validation
 
+:func:`repeat_stacked` gives the same runs for a whole learning-rate grid of the book's
+recurrent classifiers, trained side by side as one stacked network.
+
 The experimental protocol (tuning every arm alike, intervals, verdicts) is built on these in
 :mod:`bnlib.book.protocol`. Two helpers measure the train/test "variance shift" of dropout placed before
 batch normalization (Li et al., 2018): :func:`variance_shift` and :func:`without_dropout`.
@@ -15,6 +18,7 @@ batch normalization (Li et al., 2018): :func:`variance_shift` and :func:`without
 import copy
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,7 +28,8 @@ from . import training
 from .activations import layer_inputs
 from ..torch.inference import is_batch_norm
 
-__all__ = ["Runs", "best", "repeat", "variance_shift", "weight_gradient_norms", "without_dropout"]
+__all__ = ["Runs", "Snapshots", "best", "fine_tune", "repeat", "repeat_stacked", "variance_shift",
+           "weight_gradient_norms", "without_dropout"]
 
 @dataclass
 class Runs:
@@ -147,6 +152,226 @@ def repeat(build, data, seeds, **train_kwargs):
     return runs
 
 
+def _side_by_side_batches(n, seeds, batch_size, steps):
+    """For each of ``steps`` steps, the (K, batch_size) indices of the runs' mini-batches.
+
+    Run k draws the batches :func:`bnlib.book.training.train` draws with seed ``seeds[k]``:
+    a fresh ``randperm`` of the n training examples per epoch from its own generator (runs
+    with the same seed see the same batches).
+    """
+    generators = {seed: torch.Generator().manual_seed(seed) for seed in seeds}
+    orders = {seed: torch.randperm(n, generator=generators[seed]) for seed in generators}
+    cursor = 0
+    for _ in range(steps):
+        if cursor + batch_size > n:  # every seed starts a new epoch at the same step
+            orders = {seed: torch.randperm(n, generator=generators[seed]) for seed in generators}
+            cursor = 0
+        yield torch.stack([orders[seed][cursor:cursor + batch_size] for seed in seeds])
+        cursor += batch_size
+
+
+def repeat_stacked(build, data, seeds, lrs, steps, batch_size=60, momentum=0.0):
+    """:func:`repeat` at every learning rate of ``lrs``, all runs trained side by side.
+
+    Returns ``{lr: Runs}`` (the learning rates sorted), the same runs up to rounding (tested)
+    as ``{lr: repeat(build, data, seeds, steps=steps, batch_size=batch_size, lr=lr,
+    momentum=momentum, eval_every=steps)}``: every run builds its model after
+    ``training.deterministic(seed)``, draws its seed's batches in :func:`training.train`'s
+    order and has its own SGD state. The K = len(lrs) * len(seeds) models are run as one
+    :class:`bnlib.book.models.StackedRecurrentClassifier`, several times faster for the
+    small recurrent networks of the book. A run whose loss becomes non-finite stops there as
+    in :func:`training.train` (diverged, chance accuracy, no test predictions) while the others
+    go on. The accuracy is measured on the evaluation split at step 0 and at the end, the
+    test split once at the end. ``Runs.seconds``: the CPU seconds of the whole pass, shared
+    equally by its runs.
+
+    Raises:
+        TypeError: ``build`` is not a function, or builds a model that cannot be stacked.
+        ValueError: no seeds or no learning rates, repeated ones, or models of different
+            configurations.
+    """
+    from .models import StackedRecurrentClassifier  # models imports the library, not this
+
+    if not callable(build) or isinstance(build, torch.nn.Module):
+        raise TypeError(f"build must be a function returning a new model, got "
+                        f"{type(build).__name__}")
+    seeds, lrs = list(seeds), sorted(float(lr) for lr in lrs)
+    if not seeds or not lrs:
+        raise ValueError("seeds and lrs must be non-empty")
+    if len(set(seeds)) != len(seeds) or len(set(lrs)) != len(lrs):
+        raise ValueError(f"seeds and lrs must be distinct, got {seeds} and {lrs}")
+    start = time.process_time()
+    runs = {lr: Runs(seeds=seeds) for lr in lrs}
+    keys = [(lr, seed) for lr in lrs for seed in seeds]
+    models = []
+    for lr, seed in keys:
+        training.deterministic(seed)
+        models.append(build())
+    stacked = StackedRecurrentClassifier(models)
+    split = "test" if data.x_val is None else "validation"
+    x_eval, y_eval = ((data.x_val, data.y_val) if split == "validation"
+                      else (data.x_test, data.y_test))
+    histories = [training.History(split=split, steps=[0],
+                                  accuracy=[training.evaluate(m, x_eval, y_eval)])
+                 for m in models]
+    optimizer = torch.optim.SGD([{"params": list(m.parameters()), "lr": lr}
+                                 for m, (lr, _) in zip(models, keys)], momentum=momentum)
+    n = len(data.y_train)
+    alive, losses_seen = torch.ones(len(models), dtype=torch.bool), []
+    stacked.train()
+    for step, index in enumerate(_side_by_side_batches(n, [s for _, s in keys], batch_size, steps)):
+        logits = stacked(data.x_train[index])
+        losses = torch.nn.functional.cross_entropy(
+            logits.flatten(0, 1), data.y_train[index].flatten(), reduction="none"
+        ).reshape(len(models), batch_size).mean(1)
+        finite = torch.isfinite(losses.detach())
+        for k in torch.nonzero(alive & ~finite).flatten().tolist():
+            alive[k] = False
+            history = histories[k]
+            history.diverged = True
+            if step == 0:  # measured before the blow-up
+                history.steps.pop()
+                history.accuracy.pop()
+            history.steps.append(step)
+            history.accuracy.append(1.0 / data.num_classes)
+            history.test_accuracy = 1.0 / data.num_classes
+        if not alive.any():
+            break
+        optimizer.zero_grad()
+        losses[alive].sum().backward()
+        for k in torch.nonzero(~alive).flatten().tolist():
+            for p in models[k].parameters():
+                p.grad = None  # SGD skips it: a diverged run stays where it stopped
+        optimizer.step()
+        losses_seen.append((losses.detach(), alive.clone()))
+    stacked.sync()
+    for k, (model, history) in enumerate(zip(models, histories)):
+        history.train_loss = [float(loss[k]) for loss, live in losses_seen if live[k]]
+        if not history.diverged:
+            history.steps.append(steps)
+            history.accuracy.append(training.evaluate(model, x_eval, y_eval))
+            history.test_correct = training.correct(model, data.x_test, data.y_test)
+            history.test_accuracy = float(history.test_correct.double().mean())
+    seconds = (time.process_time() - start) / len(models)
+    for (lr, _), model, history in zip(keys, models, histories):
+        runs[lr].histories.append(history)
+        runs[lr].models.append(model)
+        runs[lr].seconds.append(seconds)
+    return runs
+
+
+def fine_tune(starts, data, lrs, steps, batch_size=60):
+    """Continue training a copy of every model of ``starts`` at every learning rate of ``lrs``.
+
+    ``starts`` maps a seed to a trained model (e.g. the same architecture trained with that
+    seed). For every ``lr`` and seed, a copy of ``starts[seed]`` is trained as
+    ``training.train(copy, data, steps, batch_size, lr=lr, seed=seed)`` would train it (the
+    seed's batch order, plain SGD, every module in training mode, parameters with
+    ``requires_grad=False`` left as they are), and the starts are not modified. All K =
+    len(lrs) * len(starts) runs are trained side by side, as one model batched with
+    ``torch.func.vmap`` over stacked parameters and buffers (``functional_call`` of the start's
+    own modules, so batch-norm layers in training mode update their own running statistics):
+    several times faster than K separate runs for the book's small models, and the same runs
+    up to rounding (tested). The optimizer is one ``torch.optim.SGD`` whose gradients are
+    scaled by each run's learning rate. A run whose loss becomes non-finite stops there as in
+    :func:`training.train` (diverged, chance accuracy, no test predictions) while the others
+    go on. Accuracy is measured on the evaluation split at the end only, the test split once.
+
+    Args:
+        starts: ``{seed: model}``, models of one architecture (same parameter and buffer names
+            and shapes, same ``requires_grad``), at least one.
+        data: a :class:`bnlib.book.data.Dataset`.
+        lrs: the learning rates (distinct, at least one).
+        steps: SGD steps per run; batch_size: examples per step.
+
+    Returns:
+        ``{lr: Runs}`` with the learning rates sorted and, in each, the seeds in the order of
+        ``starts``; ``Runs.seconds``: the CPU seconds of the whole pass, shared equally.
+
+    Raises:
+        ValueError: no starts or no learning rates, repeated learning rates, starts that
+            differ in their parameters or buffers, or no trainable parameter.
+    """
+    from torch.func import functional_call, stack_module_state, vmap
+
+    seeds, lrs = list(starts), sorted(float(lr) for lr in lrs)
+    if not seeds or not lrs:
+        raise ValueError("starts and lrs must be non-empty")
+    if len(set(lrs)) != len(lrs):
+        raise ValueError(f"lrs must be distinct, got {lrs}")
+    signature = {name: (tuple(p.shape), p.requires_grad)
+                 for name, p in starts[seeds[0]].named_parameters()}
+    for seed in seeds:
+        other = {name: (tuple(p.shape), p.requires_grad)
+                 for name, p in starts[seed].named_parameters()}
+        if other != signature:
+            raise ValueError(f"the start of seed {seed} differs from the others' parameters")
+    if not any(trainable for _, trainable in signature.values()):
+        raise ValueError("no parameter of the starts requires a gradient: nothing to train")
+    start = time.process_time()
+    keys = [(lr, seed) for lr in lrs for seed in seeds]
+    models = [copy.deepcopy(starts[seed]).train() for _, seed in keys]
+    params, buffers = stack_module_state(models)
+    for name, p in params.items():
+        p.requires_grad_(signature[name][1])
+    trainable = [p for p in params.values() if p.requires_grad]
+    base = copy.deepcopy(models[0]).to("meta").train()
+    forward = vmap(lambda p, b, x: functional_call(base, (p, b), (x,)))
+    optimizer = torch.optim.SGD(trainable, lr=1.0)
+    scale = torch.tensor([lr for lr, _ in keys], dtype=trainable[0].dtype)
+    n, k = len(data.y_train), len(keys)
+    alive, losses_seen = torch.ones(k, dtype=torch.bool), []
+    diverged_at = {}
+    for step, index in enumerate(_side_by_side_batches(n, [s for _, s in keys], batch_size, steps)):
+        with warnings.catch_warnings():
+            # bnlib's update of running statistics (lerp_) has no vmap batching rule: torch
+            # warns that it falls back to a slower loop, whose results are the same.
+            warnings.filterwarnings("ignore", message="There is a performance drop")
+            logits = forward(params, buffers, data.x_train[index])
+        losses = torch.nn.functional.cross_entropy(
+            logits.flatten(0, 1), data.y_train[index].flatten(), reduction="none"
+        ).reshape(k, batch_size).mean(1)
+        finite = torch.isfinite(losses.detach())
+        for j in torch.nonzero(alive & ~finite).flatten().tolist():
+            alive[j] = False
+            diverged_at[j] = step
+        if not alive.any():
+            break
+        optimizer.zero_grad()
+        losses[alive].sum().backward()
+        with torch.no_grad():
+            for p in trainable:  # SGD with lr 1 on lr-scaled gradients; a diverged run stays
+                p.grad.mul_((scale * alive).view(-1, *([1] * (p.dim() - 1))))
+        optimizer.step()
+        losses_seen.append((losses.detach(), alive.clone()))
+    with torch.no_grad():
+        for j, model in enumerate(models):
+            for name, p in model.named_parameters():
+                p.copy_(params[name][j])
+            for name, b in model.named_buffers():
+                b.copy_(buffers[name][j])
+    split = "test" if data.x_val is None else "validation"
+    x_eval, y_eval = ((data.x_val, data.y_val) if split == "validation"
+                      else (data.x_test, data.y_test))
+    seconds = (time.process_time() - start) / k
+    runs = {lr: Runs(seeds=seeds) for lr in lrs}
+    for j, ((lr, _), model) in enumerate(zip(keys, models)):
+        history = training.History(split=split)
+        history.train_loss = [float(loss[j]) for loss, live in losses_seen if live[j]]
+        if j in diverged_at:
+            history.diverged = True
+            history.steps, history.accuracy = [diverged_at[j]], [1.0 / data.num_classes]
+            history.test_accuracy = 1.0 / data.num_classes
+        else:
+            history.steps, history.accuracy = [steps], [training.evaluate(model, x_eval, y_eval)]
+            history.test_correct = training.correct(model, data.x_test, data.y_test)
+            history.test_accuracy = float(history.test_correct.double().mean())
+        runs[lr].histories.append(history)
+        runs[lr].models.append(model)
+        runs[lr].seconds.append(seconds)
+    return runs
+
+
 def best(results, score):
     """The key of ``results`` whose value has the highest ``score(value)``.
 
@@ -163,6 +388,81 @@ def best(results, score):
     if nan:
         raise ValueError(f"score is NaN for {nan}: cannot rank the settings")
     return max(scores, key=scores.get)
+
+
+class Snapshots:
+    """Copies of every run's parameters and buffers every ``every`` steps, to measure later.
+
+    A measurement that costs more than a training step (statistics of a large probe batch,
+    gradients after a hypothetical update) need not run while a sweep trains: keep each
+    model's state every few steps, and measure afterwards only the runs that turn out to
+    matter, e.g. those at the learning rate the sweep picked. Give :func:`repeat` (or
+    :func:`bnlib.book.protocol.tune`) ``snapshots.watch(build)`` as the build function, which
+    keeps the state at step 0, and ``snapshots`` itself as ``on_step``, which keeps the
+    state after every ``every``-th update. Copying does not change the runs (tested).
+
+    ``snapshots[model]`` is the list of ``(step, state)``, ``state`` a ``state_dict`` copy
+    after ``step`` updates (0, every, 2 every, ...); ``snapshots.replay(model)`` yields
+    ``(step, copy)``, one copy of the model put into each state in turn (the model itself is
+    not changed). Each state costs the model's size in memory (about 0.8 MB for the book's
+    784-100-100-100-10 network).
+
+    >>> snapshots = experiments.Snapshots(every=50)
+    >>> runs = experiments.repeat(snapshots.watch(build), data, [0, 1], steps=500,
+    ...                           on_step=snapshots)
+    >>> for step, model in snapshots.replay(runs.models[0]): ...
+
+    Raises:
+        ValueError: ``every`` is not a positive int.
+        TypeError: ``watch`` of something that is not a function (a model is refused).
+        KeyError: a model that was not built by a watched build function.
+    """
+
+    def __init__(self, every):
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise ValueError(f"every must be a positive int, got {every!r}")
+        self.every = every
+        self._runs = {}  # id(model) -> (model, [(step, state)]); the model keeps its id unique
+
+    @staticmethod
+    def _copy(model):
+        return {name: value.detach().clone() for name, value in model.state_dict().items()}
+
+    def watch(self, build):
+        """``build``, keeping the state of every model it returns (step 0)."""
+        if not callable(build) or isinstance(build, torch.nn.Module):
+            raise TypeError(f"build must be a function returning a new model, got "
+                            f"{type(build).__name__}")
+
+        def build_and_watch():
+            model = build()
+            self._runs[id(model)] = (model, [(0, self._copy(model))])
+            return model
+
+        return build_and_watch
+
+    def _states(self, model):
+        entry = self._runs.get(id(model))
+        if entry is None or entry[0] is not model:
+            raise KeyError(f"this {type(model).__name__} was not built by a watched build "
+                           f"function: pass snapshots.watch(build) to repeat or tune")
+        return entry[1]
+
+    def __call__(self, step, model):
+        """The ``on_step`` callback: keep the state after update ``step + 1`` if it is due."""
+        if (step + 1) % self.every == 0:
+            self._states(model).append((step + 1, self._copy(model)))
+
+    def __getitem__(self, model):
+        return list(self._states(model))
+
+    def replay(self, model):
+        """Yield ``(step, copy)``: one copy of ``model`` in each kept state, oldest first."""
+        states = self._states(model)
+        work = copy.deepcopy(model)
+        for step, state in states:
+            work.load_state_dict(state)
+            yield step, work
 
 
 def without_dropout(model):

@@ -7,8 +7,10 @@
 
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.collections import PolyCollection
 
-__all__ = ["COLORS", "FEATURE_COLORS", "plot_spread", "subplots"]
+__all__ = ["COLORS", "FEATURE_COLORS", "NORMALIZATION_SETS", "normalization_cube", "plot_spread",
+           "subplots"]
 
 #: Colours used across all chapters, so that "with BN" looks the same everywhere.
 COLORS = {
@@ -75,3 +77,91 @@ def plot_spread(ax, x, runs, color, label=None, band="minmax", **kwargs):
     (line,) = ax.plot(x, mean, color=color, label=label, **kwargs)
     area = ax.fill_between(x, low, high, color=color, alpha=0.2, linewidth=0)
     return line, area
+
+
+#: What each normalization averages over in an (N, C, H, W) batch, for
+#: :func:`normalization_cube`: one set of values that share a mean and a variance.
+NORMALIZATION_SETS = {
+    "batch": "one channel, every example and position (N x H x W values)",
+    "layer": "one example, every channel and position (C x H x W values)",
+    "instance": "one example and channel, every position (H x W values)",
+    "group": "one example, a group of C / G channels, every position",
+}
+
+
+def normalization_cube(ax, kind, shape=(6, 6, 5), groups=3, color=None):
+    """Draw an (N, C, H x W) batch as a cube and shade one set that ``kind`` normalizes together.
+
+    The picture of Wu and He's (2018) Figure 2: N to the right, C into the depth, the
+    positions H x W flattened upwards, each value one cell; the shaded cells share a mean and
+    a variance (see :data:`NORMALIZATION_SETS`): for "batch" the front channel, for "layer"
+    the leftmost example, for "instance" that example's front channel, for "group" that
+    example's first group of ``C / groups`` channels. Only the three visible faces are drawn
+    (an oblique projection), with the axes named.
+
+    Args:
+        ax: a matplotlib ``Axes`` (its aspect is set to equal and its frame hidden).
+        kind: "batch", "layer", "instance" or "group".
+        shape: cells along (N, C, H x W).
+        groups: G, a divisor of C (for "group").
+        color: of the shaded cells (default: the "with BN" blue).
+
+    Returns:
+        The number of shaded cells drawn (on the visible faces).
+
+    Raises:
+        ValueError: an unknown ``kind``, a shape that is not three positive ints, or G that
+            does not divide C.
+    """
+    if kind not in NORMALIZATION_SETS:
+        raise ValueError(f"kind must be one of {sorted(NORMALIZATION_SETS)}, got {kind!r}")
+    if len(shape) != 3 or any(not isinstance(k, int) or k < 1 for k in shape):
+        raise ValueError(f"shape must be three positive ints (N, C, H x W), got {shape!r}")
+    n_, c_, h_ = shape
+    if not isinstance(groups, int) or groups < 1 or c_ % groups:
+        raise ValueError(f"groups must be a positive divisor of C = {c_}, got {groups!r}")
+    color = COLORS["with_bn"] if color is None else color
+    depth = np.array([0.45, 0.32])  # where one step into C goes on the page
+
+    def inside(n, c):
+        return {"batch": c == 0, "layer": n == 0, "instance": n == 0 and c == 0,
+                "group": n == 0 and c < c_ // groups}[kind]
+
+    def point(n, c, h):
+        return np.array([n, h]) + c * depth
+
+    faces, shaded = [], []
+    for n in range(n_):  # front face, c = 0
+        for h in range(h_):
+            faces.append([point(n, 0, h), point(n + 1, 0, h), point(n + 1, 0, h + 1),
+                          point(n, 0, h + 1)])
+            shaded.append(inside(n, 0))
+    for n in range(n_):  # top face, h = H
+        for c in range(c_):
+            faces.append([point(n, c, h_), point(n + 1, c, h_), point(n + 1, c + 1, h_),
+                          point(n, c + 1, h_)])
+            shaded.append(inside(n, c))
+    for c in range(c_):  # right face, n = N
+        for h in range(h_):
+            faces.append([point(n_, c, h), point(n_, c + 1, h), point(n_, c + 1, h + 1),
+                          point(n_, c, h + 1)])
+            shaded.append(inside(n_ - 1, c))
+    colors = [color if s else "white" for s in shaded]
+    ax.add_collection(PolyCollection(faces, facecolors=colors, edgecolors="0.35",
+                                     linewidths=0.6))
+    ax.annotate("", point(n_, 0, 0) + [0, -0.6], point(0, 0, 0) + [0, -0.6],
+                arrowprops={"arrowstyle": "->", "lw": 0.8})
+    ax.text(*(point(n_ / 2, 0, 0) + [0, -1.3]), "N", ha="center", va="center")
+    ax.annotate("", point(n_, c_, 0) + [0.5, 0], point(n_, 0, 0) + [0.5, 0],
+                arrowprops={"arrowstyle": "->", "lw": 0.8})
+    ax.text(*(point(n_, c_ / 2, 0) + [1.1, -0.2]), "C", ha="center", va="center")
+    ax.annotate("", point(0, 0, h_) + [-0.5, 0], point(0, 0, 0) + [-0.5, 0],
+                arrowprops={"arrowstyle": "->", "lw": 0.8})
+    ax.text(*(point(0, 0, h_ / 2) + [-1.2, 0]), "H, W", ha="center", va="center",
+            rotation=90)
+    corner = point(n_, c_, h_)
+    ax.set_xlim(-2.0, corner[0] + 1.6)
+    ax.set_ylim(-2.0, corner[1] + 0.4)
+    ax.set_aspect("equal")
+    ax.axis("off")
+    return int(sum(shaded))

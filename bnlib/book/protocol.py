@@ -7,7 +7,8 @@ The protocol gives every arm the same chance and lets code, not prose, decide:
    choice is made on validation; the test split is read once per arm, for the reported number.
 2. **Same budget.** :func:`tune` trains one architecture at every learning rate of a grid,
    over seeds, and picks the rate on validation; :func:`tune_arms` does it for every arm with
-   the same grid, steps and optimizer.
+   the same grid, steps and optimizer; :func:`tune_then_report` reports fresh seeds at the
+   picked rate, so that the pick does not favour the reported runs.
 3. **Seeds with intervals.** :func:`interval` is the 95 % t-interval of a mean over seeds;
    :func:`resolution` and :func:`paired_resolution` are the test set's own resolution.
 4. **Verdicts by code.** :func:`compare` says whether a difference is detected (its interval
@@ -34,8 +35,10 @@ from scipy import stats
 
 from . import experiments
 
-__all__ = ["VERDICTS", "Comparison", "Interval", "Tuned", "combine", "compare", "interval",
-           "paired_resolution", "resolution", "tune", "tune_arms", "verdict"]
+__all__ = ["VERDICTS", "Comparison", "Interval", "Tuned", "combine", "combine_conditions",
+           "compare", "interval",
+           "compare_test", "paired_mean_resolution", "paired_resolution", "resolution", "tune",
+           "tune_arms", "tune_from", "tune_stacked", "tune_then_report", "verdict"]
 
 #: The verdicts of the evidence table, from the strongest to the weakest, and "mixed" for
 #: chapters that disagree.
@@ -111,6 +114,28 @@ def paired_resolution(correct_a, correct_b):
     return float(stats.norm.ppf(0.5 + LEVEL / 2) * math.sqrt(discordant / a.shape[1]))
 
 
+def paired_mean_resolution(values_a, values_b):
+    """Half-width of the 95 % interval of a difference of two means over the same examples.
+
+    ``values_a``, ``values_b``: a per-example quantity of two arms (e.g. each test example's
+    negative log-likelihood), shape (n,) or (seeds, n) (rows paired by seed). With
+    ``d = a - b`` per example and s² its variance over the n examples (ddof 1, averaged over
+    the rows), ``1.96 * sqrt(s² / n)``: what the test set itself resolves of the mean
+    difference. :func:`paired_resolution` is the same for per-example correctness.
+
+    Raises:
+        ValueError: different or empty shapes, fewer than two examples, non-finite values.
+    """
+    a, b = np.atleast_2d(np.asarray(values_a, float)), np.atleast_2d(np.asarray(values_b, float))
+    if a.shape != b.shape or a.shape[1] < 2:
+        raise ValueError(f"values_a and values_b must have the same shape with at least two "
+                         f"examples, got {a.shape} and {b.shape}")
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+        raise ValueError("values_a and values_b must be finite")
+    variance = float((a - b).var(axis=1, ddof=1).mean())
+    return float(stats.norm.ppf(0.5 + LEVEL / 2) * math.sqrt(variance / a.shape[1]))
+
+
 class Comparison(NamedTuple):
     """The outcome of :func:`compare`: is ``a`` larger than ``b``?"""
 
@@ -163,6 +188,23 @@ def compare(a, b, resolution=0.0):
                       max(half, float(resolution)), detected)
 
 
+def compare_test(a, b):
+    """Is the test accuracy of the runs ``a`` larger than that of ``b``? :func:`compare` of
+    their per-seed ``test_accuracy``, paired by seed, with the :func:`paired_resolution` of
+    their test predictions as the resolution: the comparison of two arms the protocol reports.
+
+    Args:
+        a, b: :class:`bnlib.book.experiments.Runs` of two arms with the same seeds (or at
+            least as many runs, paired in order) on the same test set.
+
+    Raises:
+        ValueError: a run diverged (it has no test predictions: report the fraction of
+            diverged seeds instead), or what :func:`compare` raises.
+    """
+    return compare(a.test_accuracy, b.test_accuracy,
+                   resolution=paired_resolution(a.test_correct, b.test_correct))
+
+
 def verdict(comparison, threshold=0.0, caveat=False):
     """The verdict on the claim "a is larger than b" (see :data:`VERDICTS`).
 
@@ -201,6 +243,42 @@ def combine(verdicts):
     return verdicts[0] if len(distinct) == 1 else "mixed"
 
 
+def combine_conditions(verdicts):
+    """One verdict for a claim one chapter measured under several conditions (e.g. plain SGD
+    and SGD with momentum, as the protocol asks of claims about speed or learning rates).
+
+    ``verdicts``: ``{condition: verdict}`` (or a list of verdicts). Unlike :func:`combine`
+    (chapters that disagree), a claim that holds under some conditions and is not detected
+    under the others holds *with a caveat*: only under the conditions the chapter names.
+
+    ==========================================================  =======================
+    verdicts under the conditions                               combined
+    ==========================================================  =======================
+    all the same                                                that one
+    only "holds" and "holds with a caveat"                      "holds with a caveat"
+    "holds" or "holds with a caveat", and "not detected"        "holds with a caveat"
+    "does not hold" and "not detected"                          "does not hold"
+    the claimed and the opposite effect both detected, "mixed"  "mixed"
+    ==========================================================  =======================
+
+    Raises:
+        ValueError: no verdicts, or one not in :data:`VERDICTS`.
+    """
+    verdicts = list(verdicts.values()) if isinstance(verdicts, dict) else list(verdicts)
+    unknown = [v for v in verdicts if v not in VERDICTS]
+    if not verdicts or unknown:
+        raise ValueError(f"need verdicts from {VERDICTS}, got {verdicts}")
+    distinct = set(verdicts)
+    if len(distinct) == 1:
+        return verdicts[0]
+    holds = distinct & {"holds", "holds with a caveat"}
+    if "mixed" in distinct or (holds and "does not hold" in distinct):
+        return "mixed"
+    if holds:
+        return "holds with a caveat"
+    return "does not hold"  # "does not hold" and "not detected"
+
+
 class Tuned(NamedTuple):
     """What :func:`tune` returns: every setting's runs, the one picked on validation, its runs."""
 
@@ -211,7 +289,10 @@ class Tuned(NamedTuple):
 
 def _score(select, target):
     if select == "accuracy":
-        return lambda runs: runs.mean_final_accuracy
+        # Rounded so that equal accuracies tie, and a tie goes to the smaller rate as
+        # documented: two grids of exactly as many correct examples can have means one ulp
+        # apart, depending on the order of the per-seed values.
+        return lambda runs: round(runs.mean_final_accuracy, 12)
     if select == "steps":
         if target is None:
             raise ValueError("select='steps' needs a target accuracy")
@@ -246,6 +327,98 @@ def tune(build, data, lrs, seeds, select="accuracy", target=None, **train_kwargs
         raise ValueError("lrs is empty: there is nothing to tune")
     grid = {lr: experiments.repeat(build, data, seeds, lr=lr, **train_kwargs) for lr in lrs}
     best = experiments.best(grid, _score(select, target))
+    return Tuned(grid, best, grid[best])
+
+
+def tune_stacked(build, data, lrs, seeds, **train_kwargs):
+    """:func:`tune` (``select="accuracy"``) with the whole grid trained side by side.
+
+    The runs are those of :func:`bnlib.book.experiments.repeat_stacked` (the same as
+    :func:`tune`'s with ``eval_every=steps``, up to rounding; only networks it can stack,
+    the book's recurrent classifiers); the rate with the highest mean final validation
+    accuracy is picked, ties going to the smaller rate.
+
+    Args:
+        build, data, lrs, seeds: as for :func:`tune`.
+        **train_kwargs: ``steps`` (required), ``batch_size``, ``momentum``.
+
+    Raises:
+        ValueError: data without a validation split; an empty grid; what ``repeat_stacked``
+            raises.
+    """
+    if data.x_val is None:
+        raise ValueError("tuning needs a validation split: use data.with_validation(...) or "
+                         "a loader's n_val, so that the test split is not used for choices")
+    if not list(lrs):
+        raise ValueError("lrs is empty: there is nothing to tune")
+    grid = experiments.repeat_stacked(build, data, seeds, lrs, **train_kwargs)
+    best = experiments.best(grid, _score("accuracy", None))
+    return Tuned(grid, best, grid[best])
+
+
+def tune_then_report(build, data, lrs, tune_seeds, report_seeds, select="accuracy",
+                     target=None, report_kwargs=None, **train_kwargs):
+    """:func:`tune` on ``tune_seeds``, then fresh ``report_seeds`` at the rate it picked.
+
+    Picking the best of several rates on the same runs that are then reported favours
+    whichever rate those seeds happened to suit (a winner's bias). Here the runs that choose
+    and the runs that report are disjoint: the report is the first time the picked rate meets
+    ``report_seeds``. Where a claim needs a whole grid per configuration (every init scale,
+    every depth), tuning on one seed and reporting on three fresh ones costs less than tuning
+    on three and is not biased by the pick.
+
+    Args:
+        build, data, lrs, select, target: as for :func:`tune`.
+        tune_seeds: the seeds the grid is trained with (one is enough to pick a rate).
+        report_seeds: the seeds of the reported runs, none of them in ``tune_seeds``.
+        report_kwargs: optional training arguments for the reported runs only, overriding
+            ``train_kwargs`` (e.g. ``eval_split="test"`` or denser ``eval_steps`` for a curve
+            that is reported); not ``lr`` (the picked one) or ``steps`` (the same budget).
+        **train_kwargs: passed to :func:`bnlib.book.experiments.repeat` for both
+            (``steps`` required).
+
+    Returns:
+        ``Tuned(grid, best, runs)``: the tuning grid, the picked rate, and ``runs``, the
+        report seeds' runs at that rate (not ``grid[best]``).
+
+    Raises:
+        ValueError: no report seeds, a report seed among the tuning seeds, ``lr`` or
+            ``steps`` in ``report_kwargs``; what :func:`tune` raises.
+    """
+    tune_seeds, report_seeds = list(tune_seeds), list(report_seeds)
+    if not report_seeds:
+        raise ValueError("report_seeds is empty: there is nothing to report")
+    shared = sorted(set(tune_seeds) & set(report_seeds))
+    if shared:
+        raise ValueError(f"report seeds must be fresh, but {shared} also tuned the rate")
+    report_kwargs = dict(report_kwargs or {})
+    fixed = sorted({"lr", "steps"} & set(report_kwargs))
+    if fixed:
+        raise ValueError(f"report_kwargs cannot set {fixed}: the report trains at the picked "
+                         f"rate with the tuning budget")
+    tuned = tune(build, data, lrs, tune_seeds, select, target, **train_kwargs)
+    runs = experiments.repeat(build, data, report_seeds, lr=tuned.best,
+                              **{**train_kwargs, **report_kwargs})
+    return Tuned(tuned.grid, tuned.best, runs)
+
+
+def tune_from(starts, data, lrs, steps, batch_size=60):
+    """:func:`tune` for fine-tuning: every run continues from a trained model.
+
+    ``starts`` maps each seed to its trained model; at every learning rate of ``lrs`` a copy
+    of each is trained for ``steps`` steps with the seed's batch order
+    (:func:`bnlib.book.experiments.fine_tune`, all runs side by side), and the rate with the
+    highest mean final validation accuracy is picked, ties going to the smaller rate. Give
+    every arm of a comparison the same ``lrs``, ``steps`` and ``batch_size``.
+
+    Raises:
+        ValueError: data without a validation split; what ``fine_tune`` raises.
+    """
+    if data.x_val is None:
+        raise ValueError("tuning needs a validation split: use data.with_validation(...) or "
+                         "a loader's n_val, so that the test split is not used for choices")
+    grid = experiments.fine_tune(starts, data, lrs, steps, batch_size)
+    best = experiments.best(grid, _score("accuracy", None))
     return Tuned(grid, best, grid[best])
 
 

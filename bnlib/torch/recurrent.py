@@ -41,12 +41,17 @@ class RecurrentBatchNorm(torch.nn.Module):
         max_steps: number of per-step statistics kept (T_max).
         eps, momentum: as for BatchNorm (momentum in [0, 1]).
         gamma_init: the initial gamma (Cooijmans et al. recommend 0.1 for LSTMs).
+        bias: learn beta (default). ``bias=False`` has no beta (``self.bias is None``), for a
+            term whose shift another layer already provides: Cooijmans et al. normalize the
+            input and the recurrent term separately, ``BN(W_x x_t) + BN(W_h h_{t-1})``, and
+            keep one beta for the sum.
 
     Raises:
         ValueError: bad num_features, max_steps, eps or momentum.
     """
 
-    def __init__(self, num_features, max_steps, eps=1e-5, momentum=0.1, gamma_init=1.0):
+    def __init__(self, num_features, max_steps, eps=1e-5, momentum=0.1, gamma_init=1.0,
+                 bias=True):
         super().__init__()
         _checks.check_num_features(num_features)
         _checks.check_positive_int("max_steps", max_steps)
@@ -55,7 +60,10 @@ class RecurrentBatchNorm(torch.nn.Module):
         self.num_features, self.max_steps = num_features, max_steps
         self.eps, self.momentum = eps, momentum
         self.weight = torch.nn.Parameter(torch.full((num_features,), float(gamma_init)))
-        self.bias = torch.nn.Parameter(torch.zeros(num_features))
+        if bias:
+            self.bias = torch.nn.Parameter(torch.zeros(num_features))
+        else:
+            self.register_parameter("bias", None)
         self.register_buffer("running_mean", torch.zeros(max_steps, num_features))
         self.register_buffer("running_var", torch.ones(max_steps, num_features))
         self.register_buffer("shared_mean", torch.zeros(num_features))

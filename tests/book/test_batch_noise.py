@@ -48,3 +48,25 @@ def test_two_examples_always_normalize_to_plus_or_minus_one(population):
 def test_fewer_than_two_examples_or_batches_are_refused(call):
     with pytest.raises(ValueError):
         call(torch.randn(10, 2))
+
+
+@pytest.mark.parametrize("m", [32, 128])
+def test_the_standard_deviation_is_half_as_noisy_as_the_variance(population, m):
+    from bnlib.book.batch_noise import measured_scale_noise, scale_noise
+
+    _, _, _, kurt = population_moments(population)
+    measured = measured_scale_noise(population, m, 4000)
+    assert torch.allclose(measured, scale_noise(m, kurt), rtol=0.15)
+    assert torch.allclose(scale_noise(m, kurt), variance_noise(m, kurt) / 2, rtol=0, atol=0)
+    # the same batches as measured_noise's: the ratio to the variance's spread is about 1/2
+    ratio = measured / measured_noise(population, m, 4000).var
+    assert ((ratio > 0.4) & (ratio < 0.6)).all()
+
+
+def test_gaussian_scale_noise_is_about_one_over_sqrt_2m():
+    from bnlib.book.batch_noise import scale_noise
+
+    for m in (50, 200, 1000):
+        assert abs(float(scale_noise(m, 3.0)) * (2 * m) ** 0.5 - 1) < 0.02
+    with pytest.raises(ValueError, match="batch size"):
+        scale_noise(1, 3.0)

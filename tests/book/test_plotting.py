@@ -42,3 +42,32 @@ def test_one_run_has_a_flat_band_and_bad_input_is_refused():
     with pytest.raises(ValueError, match="band"):
         plot_spread(ax, [0, 1], [[3.0, 4.0]], "k", band="iqr")
     matplotlib.pyplot.close(fig)
+
+
+@pytest.mark.parametrize("kind,expected", [
+    # shape (N, C, HW) = (3, 4, 2): faces front N*HW = 6, top N*C = 12, right C*HW = 8
+    ("batch", 3 * 2 + 3 + 2),        # the front channel: front face, a row on top and right
+    ("layer", 2 + 4),                # the leftmost example: a column in front, a row on top
+    ("instance", 2 + 1),             # that example's front channel
+    ("group", 2 + 2),                # that example's first group of 4 / 2 channels
+])
+def test_normalization_cube_shades_the_set_each_normalization_averages_over(kind, expected):
+    from bnlib.book.plotting import normalization_cube, subplots
+
+    fig, ax = subplots()
+    assert normalization_cube(ax, kind, shape=(3, 4, 2), groups=2) == expected
+    assert len(ax.collections) == 1 and len(ax.collections[0].get_paths()) == 6 + 12 + 8
+    matplotlib.pyplot.close(fig)
+
+
+def test_normalization_cube_refuses_what_it_cannot_draw():
+    from bnlib.book.plotting import normalization_cube, subplots
+
+    fig, ax = subplots()
+    with pytest.raises(ValueError, match="kind"):
+        normalization_cube(ax, "weight")
+    with pytest.raises(ValueError, match="divisor"):
+        normalization_cube(ax, "group", shape=(3, 4, 2), groups=3)
+    with pytest.raises(ValueError, match="three positive"):
+        normalization_cube(ax, "batch", shape=(3, 4))
+    matplotlib.pyplot.close(fig)

@@ -9,7 +9,7 @@ import torch
 from scipy import stats
 
 from bnlib import torch as bnt
-from bnlib.book import data, models, protocol, training
+from bnlib.book import data, experiments, models, protocol, training
 
 
 def test_interval_is_the_t_interval_of_the_mean():
@@ -156,3 +156,131 @@ def test_a_diverged_run_has_chance_test_accuracy_and_no_predictions():
     d = _digits()
     h = training.train(net, d, steps=20, lr=1e300, eval_every=5)
     assert h.diverged and h.test_accuracy == pytest.approx(0.1) and h.test_correct is None
+
+
+def test_tune_then_report_picks_like_tune_and_reports_fresh_seeds_at_that_rate():
+    d = _digits()
+    build = lambda: models.mlp(64, [16], 10)  # noqa: E731
+    kwargs = dict(lrs=[1e-4, 0.3], steps=40, batch_size=32, eval_every=20)
+    tuned = protocol.tune(build, d, seeds=[0], **kwargs)
+    reported = protocol.tune_then_report(build, d, tune_seeds=[0], report_seeds=[5, 6],
+                                         report_kwargs={"eval_split": "test"}, **kwargs)
+    assert reported.best == tuned.best == 0.3
+    assert reported.grid[0.3].final_accuracy == tuned.grid[0.3].final_accuracy
+    assert reported.runs.seeds == [5, 6] and reported.runs is not reported.grid[0.3]
+    alone = experiments.repeat(build, d, [5, 6], lr=0.3, steps=40, batch_size=32, eval_every=20,
+                               eval_split="test")
+    assert reported.runs.test_accuracy == alone.test_accuracy
+    assert [h.split for h in reported.runs.histories] == ["test", "test"]
+    assert reported.runs.histories[0].accuracy == alone.histories[0].accuracy
+
+
+def test_tune_then_report_refuses_reused_seeds_and_a_different_budget():
+    build = lambda: models.mlp(64, [8], 10)  # noqa: E731
+    d = _digits()
+    with pytest.raises(ValueError, match="fresh"):
+        protocol.tune_then_report(build, d, [0.1], tune_seeds=[0, 1], report_seeds=[1, 2],
+                                  steps=5)
+    with pytest.raises(ValueError, match="empty"):
+        protocol.tune_then_report(build, d, [0.1], tune_seeds=[0], report_seeds=[], steps=5)
+    for bad in ({"lr": 1.0}, {"steps": 10}):
+        with pytest.raises(ValueError, match="report_kwargs"):
+            protocol.tune_then_report(build, d, [0.1], tune_seeds=[0], report_seeds=[1],
+                                      report_kwargs=bad, steps=5)
+
+
+def test_compare_test_pairs_two_arms_by_seed_with_their_paired_resolution():
+    d = _digits()
+    kwargs = dict(steps=30, batch_size=32, eval_every=30)
+    a = experiments.repeat(lambda: models.mlp(64, [16], 10), d, [0, 1, 2], lr=0.3, **kwargs)
+    b = experiments.repeat(lambda: models.mlp(64, [16], 10), d, [0, 1, 2], lr=0.01, **kwargs)
+    c = protocol.compare_test(a, b)
+    expected = protocol.compare(a.test_accuracy, b.test_accuracy,
+                                resolution=protocol.paired_resolution(a.test_correct,
+                                                                      b.test_correct))
+    assert c == expected and c.effect > 0
+    diverged = experiments.repeat(lambda: models.mlp(64, [16], 10, init_std=1e150), d, [0, 1, 2],
+                                  lr=1e300, **kwargs)
+    assert diverged.diverged == 3
+    with pytest.raises(ValueError, match="diverged"):
+        protocol.compare_test(a, diverged)
+
+
+def test_paired_mean_resolution_is_the_interval_of_a_mean_paired_difference():
+    gen = np.random.default_rng(0)
+    a = gen.normal(size=400)
+    b = a + gen.normal(0.1, 0.5, size=400)
+    expected = stats.norm.ppf(0.975) * np.std(a - b, ddof=1) / math.sqrt(400)
+    assert protocol.paired_mean_resolution(a, b) == pytest.approx(expected)
+    assert protocol.paired_mean_resolution(a, a + 0.3) < 1e-15  # a constant shift is exact
+    two = protocol.paired_mean_resolution(np.stack([a, a]), np.stack([b, a]))
+    assert two == pytest.approx(stats.norm.ppf(0.975) * math.sqrt(np.var(a - b, ddof=1) / 2 / 400))
+    for bad in ((a, b[:10]), (a[:1], b[:1]), (a, np.full(400, np.nan))):
+        with pytest.raises(ValueError):
+            protocol.paired_mean_resolution(*bad)
+
+
+def test_tune_from_continues_each_seed_s_model_and_picks_on_validation():
+    d = _digits()
+    starts = {}
+    for seed in (0, 1):
+        training.deterministic(seed)
+        starts[seed] = models.mlp(64, [16], 10, norm=bnt.BatchNorm1d)
+        training.train(starts[seed], d, steps=20, batch_size=20, lr=0.1, eval_every=20, seed=seed)
+    tuned = protocol.tune_from(starts, d, [0.001, 0.1], steps=20, batch_size=8)
+    assert sorted(tuned.grid) == [0.001, 0.1] and tuned.runs is tuned.grid[tuned.best]
+    means = {lr: runs.mean_final_accuracy for lr, runs in tuned.grid.items()}
+    assert means[tuned.best] == max(means.values())
+    assert all(h.split == "validation" for h in tuned.runs.histories)
+    with pytest.raises(ValueError, match="validation"):
+        protocol.tune_from(starts, data.load_digits(), [0.1], steps=2)
+
+
+@pytest.mark.parametrize("verdicts,expected", [
+    ({"SGD": "holds", "momentum": "holds"}, "holds"),
+    ({"SGD": "not detected", "momentum": "not detected"}, "not detected"),
+    ({"SGD": "holds", "momentum": "holds with a caveat"}, "holds with a caveat"),
+    ({"SGD": "holds", "momentum": "not detected"}, "holds with a caveat"),
+    (["not detected", "holds with a caveat"], "holds with a caveat"),
+    ({"SGD": "does not hold", "momentum": "not detected"}, "does not hold"),
+    ({"SGD": "holds", "momentum": "does not hold"}, "mixed"),
+    (["mixed", "holds"], "mixed"),
+])
+def test_combine_conditions_holds_with_a_caveat_where_only_some_conditions_show_it(verdicts,
+                                                                                   expected):
+    assert protocol.combine_conditions(verdicts) == expected
+
+
+def test_combine_conditions_refuses_unknown_or_missing_verdicts():
+    for bad in ([], {"SGD": "probably"}, ["holds", "yes"]):
+        with pytest.raises(ValueError, match="verdicts"):
+            protocol.combine_conditions(bad)
+
+
+def test_equal_accuracies_tie_and_the_tie_goes_to_the_smaller_rate():
+    from bnlib.book import experiments
+
+    def runs(counts, n=500):  # runs whose final validation accuracies are counts / n
+        return experiments.Runs(seeds=list(range(len(counts))), histories=[
+            training.History(split="validation", steps=[100], accuracy=[c / n])
+            for c in counts])
+
+    # the same 1233 correct answers in all: the float means differ by one ulp
+    grid = {0.316: runs([379, 436, 418]), 1.0: runs([390, 428, 415])}
+    assert grid[1.0].mean_final_accuracy > grid[0.316].mean_final_accuracy
+    assert experiments.best(grid, protocol._score("accuracy", None)) == 0.316
+
+
+def test_tune_stacked_picks_what_tune_picks_from_the_same_runs():
+    signals = data.load_mnist1d(n_val=200)
+
+    def build():
+        return models.RecurrentClassifier(1, 8, 10, norm="batch", max_steps=4, chunk=10)
+
+    kwargs = dict(steps=20, batch_size=16, momentum=0.9)
+    stacked = protocol.tune_stacked(build, signals, [0.01, 0.3, 0.1], [0, 1], **kwargs)
+    tuned = protocol.tune(build, signals, [0.01, 0.3, 0.1], [0, 1], eval_every=20, **kwargs)
+    assert stacked.best == tuned.best and list(stacked.grid) == list(tuned.grid)
+    assert stacked.runs.final_accuracy == tuned.runs.final_accuracy
+    with pytest.raises(ValueError, match="validation split"):
+        protocol.tune_stacked(build, data.load_mnist1d(), [0.1], [0], **kwargs)

@@ -57,3 +57,15 @@ def test_eval_uses_the_chosen_statistics():
 def test_bad_settings_raise_a_clear_error(call, exc, message):
     with pytest.raises(exc, match=message):
         call()
+
+
+def test_without_bias_has_no_beta_and_normalizes_like_batch_norm_without_one():
+    gen = torch.Generator().manual_seed(2)
+    rbn = RecurrentBatchNorm(3, max_steps=2, gamma_init=0.1, bias=False).double()
+    assert rbn.bias is None and [name for name, _ in rbn.named_parameters()] == ["weight"]
+    assert rbn.weight.detach().tolist() == pytest.approx([0.1] * 3)
+    x = torch.randn(8, 3, generator=gen, dtype=torch.float64) + 2
+    assert rel_err(rbn(x, 0), bnt.batch_norm(x, None, None, rbn.weight, None, training=True)) <= TOL
+    rbn.eval()
+    want = bnt.batch_norm(x, rbn.running_mean[0], rbn.running_var[0], rbn.weight, None)
+    assert rel_err(rbn(x, 0), want) <= TOL
