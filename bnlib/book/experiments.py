@@ -176,11 +176,11 @@ def repeat_stacked(build, data, seeds, lrs, steps, batch_size=60, momentum=0.0):
     Returns ``{lr: Runs}`` (the learning rates sorted), the same runs up to rounding (tested)
     as ``{lr: repeat(build, data, seeds, steps=steps, batch_size=batch_size, lr=lr,
     momentum=momentum, eval_every=steps)}``: every run builds its model after
-    ``training.deterministic(seed)``, draws its seed's batches in :func:`training.train`'s
+    ``training.deterministic(seed)``, draws its seed's batches in :func:`bnlib.book.training.train`'s
     order and has its own SGD state. The K = len(lrs) * len(seeds) models are run as one
     :class:`bnlib.book.models.StackedRecurrentClassifier`, several times faster for the
     small recurrent networks of the book. A run whose loss becomes non-finite stops there as
-    in :func:`training.train` (diverged, chance accuracy, no test predictions) while the others
+    in :func:`bnlib.book.training.train` (diverged, chance accuracy, no test predictions) while the others
     go on. The accuracy is measured on the evaluation split at step 0 and at the end, the
     test split once at the end. ``Runs.seconds``: the CPU seconds of the whole pass, shared
     equally by its runs.
@@ -274,7 +274,7 @@ def fine_tune(starts, data, lrs, steps, batch_size=60):
     several times faster than K separate runs for the book's small models, and the same runs
     up to rounding (tested). The optimizer is one ``torch.optim.SGD`` whose gradients are
     scaled by each run's learning rate. A run whose loss becomes non-finite stops there as in
-    :func:`training.train` (diverged, chance accuracy, no test predictions) while the others
+    :func:`bnlib.book.training.train` (diverged, chance accuracy, no test predictions) while the others
     go on. Accuracy is measured on the evaluation split at the end only, the test split once.
 
     Args:
