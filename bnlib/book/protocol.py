@@ -35,9 +35,8 @@ from scipy import stats
 
 from . import experiments
 
-__all__ = ["VERDICTS", "Comparison", "Interval", "Tuned", "combine", "combine_conditions",
-           "compare", "interval",
-           "compare_test", "paired_mean_resolution", "paired_resolution", "resolution", "tune",
+__all__ = ["VERDICTS", "Comparison", "Interval", "Tuned", "combine", "compare", "compare_test",
+           "interval", "paired_mean_resolution", "paired_resolution", "resolution", "tune",
            "tune_arms", "tune_from", "tune_stacked", "tune_then_report", "verdict"]
 
 #: The verdicts of the evidence table, from the strongest to the weakest, and "mixed" for
@@ -163,9 +162,13 @@ def compare(a, b, resolution=0.0):
     consistent it is over seeds). The smallest detectable effect is the larger of the
     interval's half-width and ``resolution``.
 
+    Measurements on a grid (the largest learning rate of a grid that trains, steps counted
+    every k steps) need their grid spacing as ``resolution``: seeds that all land on the same
+    grid point give a t-interval of width 0, which would make any difference "detected".
+
     Raises:
-        ValueError: an empty side, a non-finite value, a negative resolution, or one value on
-            each side (no spread to judge by).
+        ValueError: an empty side, a non-finite value, a negative resolution, one value on
+            each side (no spread to judge by), or no spread at all and no resolution.
     """
     a, b = _values(a, "a"), _values(b, "b")
     if resolution < 0:
@@ -183,6 +186,9 @@ def compare(a, b, resolution=0.0):
         dof = (va + vb) ** 2 / (va ** 2 / (a.size - 1) + vb ** 2 / (b.size - 1)) if se else 1
         effect = float(a.mean() - b.mean())
         half = float(stats.t.ppf(0.5 + LEVEL / 2, dof) * se)
+    if half == 0 and resolution == 0:
+        raise ValueError("the values do not vary at all, so their t-interval has width 0: pass "
+                         "the measurement's resolution (e.g. the grid spacing) as resolution")
     detected = bool(abs(effect) > half and abs(effect) > resolution)
     return Comparison(effect, effect - half, effect + half, float(resolution),
                       max(half, float(resolution)), detected)
@@ -210,10 +216,11 @@ def verdict(comparison, threshold=0.0, caveat=False):
 
     - "not detected": the difference is not detected (print the smallest detectable effect);
     - "does not hold": the opposite difference is detected;
-    - "holds with a caveat": detected in the claimed direction, but smaller than the
-      practical ``threshold`` the chapter states, or ``caveat`` (a condition measured by a
-      control that limits the claim, e.g. "a careful initialization does as well");
-    - "holds": detected, larger than ``threshold``, no caveat.
+    - "holds with a caveat": detected in the claimed direction, but the interval does not
+      exclude effects below the practical ``threshold`` the chapter states (its lower end is
+      below it), or ``caveat`` (a condition measured by a control that limits the claim, e.g.
+      "a careful initialization does as well");
+    - "holds": detected, the whole interval above ``threshold``, no caveat.
     """
     if not isinstance(comparison, Comparison):
         raise TypeError(f"comparison must be a Comparison, got {type(comparison).__name__}")
@@ -223,33 +230,20 @@ def verdict(comparison, threshold=0.0, caveat=False):
         return "not detected"
     if comparison.effect < 0:
         return "does not hold"
-    if comparison.effect < threshold or caveat:
+    if comparison.low < threshold or caveat:
         return "holds with a caveat"
     return "holds"
 
 
 def combine(verdicts):
-    """One verdict for a claim measured in several chapters: theirs if they agree, else "mixed".
+    """One verdict for a claim measured under several conditions: two optimizers in one
+    chapter (as the protocol asks of claims about speed or learning rates), or several
+    chapters (the evidence page).
 
-    "holds" and "holds with a caveat" agree (the weaker one is kept).
-    """
-    verdicts = list(verdicts)
-    unknown = [v for v in verdicts if v not in VERDICTS]
-    if not verdicts or unknown:
-        raise ValueError(f"need verdicts from {VERDICTS}, got {verdicts}")
-    distinct = set(verdicts)
-    if distinct <= {"holds", "holds with a caveat"}:
-        return "holds with a caveat" if "holds with a caveat" in distinct else "holds"
-    return verdicts[0] if len(distinct) == 1 else "mixed"
-
-
-def combine_conditions(verdicts):
-    """One verdict for a claim one chapter measured under several conditions (e.g. plain SGD
-    and SGD with momentum, as the protocol asks of claims about speed or learning rates).
-
-    ``verdicts``: ``{condition: verdict}`` (or a list of verdicts). Unlike :func:`combine`
-    (chapters that disagree), a claim that holds under some conditions and is not detected
-    under the others holds *with a caveat*: only under the conditions the chapter names.
+    ``verdicts``: ``{condition: verdict}`` (or a list of verdicts). A claim that holds under
+    some conditions and is not detected under the others holds *with a caveat*: only under
+    the conditions named (a "not detected" is a lack of evidence, not a disagreement). It is
+    "mixed" only when the claimed and the opposite effect are both detected.
 
     ==========================================================  =======================
     verdicts under the conditions                               combined
