@@ -125,31 +125,38 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
-def _time_once(fn, device):
+def _time_once(fn, device, clock=time.perf_counter):
     _sync(device)
-    start = time.perf_counter()
+    start = clock()
     fn()
     _sync(device)
-    return time.perf_counter() - start
+    return clock() - start
 
 
-def interleaved_times(calls, samples, warmup, device=None):
+def interleaved_times(calls, samples, warmup, device=None, clock=None):
     """Time zero-argument callables round-robin; return ``{name: [seconds per round]}``.
 
     Every call runs ``warmup`` times first (untimed: compilation, first-touch page faults,
     caches), then ``samples`` rounds in which each call runs once, in turn. On a shared,
     noisy machine, interleaving exposes every call to the same disturbances, so ratios of
     medians are far more stable than the times themselves. ``device``: synchronize this CUDA
-    device around every call (None or a CPU device: no synchronization).
+    device around every call (None or a CPU device: no synchronization). ``clock``: a function
+    returning seconds, default ``time.perf_counter`` (wall time). ``time.process_time`` (CPU
+    time of this process, user + system) leaves out the time the operating system gives
+    other programs while a call runs: on a shared CPU, for single-threaded calls, it removes
+    the largest disturbance (time spent waiting for memory still counts). It adds up the
+    threads of a multi-threaded call, and it misses the time a CPU waits for a GPU: use it
+    only for one thread on a CPU.
     """
     device = torch.device("cpu" if device is None else device)
+    clock = time.perf_counter if clock is None else clock
     for fn in calls.values():
         for _ in range(warmup):
             fn()
     times = {name: [] for name in calls}
     for _ in range(samples):
         for name, fn in calls.items():
-            times[name].append(_time_once(fn, device))
+            times[name].append(_time_once(fn, device, clock))
     return times
 
 
@@ -191,7 +198,8 @@ def _summary(samples):
 
 
 def bench_shape(shape, dtype, device, samples, warmup, compiled=False, with_numpy=True,
-                implementations=None, copy_bytes=None, extra=None, copy_between=False):
+                implementations=None, copy_bytes=None, extra=None, copy_between=False,
+                clock=None):
     """All implementations and passes for one shape; returns a JSON-friendly dict.
 
     Every call below is timed in the same rounds, round-robin, after ``warmup`` untimed
@@ -218,7 +226,12 @@ def bench_shape(shape, dtype, device, samples, warmup, compiled=False, with_nump
         copy_bytes: bytes of the copy's source.
         extra: ``{name: fn()}``, further calls timed in the same rounds (e.g. eval mode, a
             matrix product); their times are reported under ``"extra"``.
-        copy_between: time the copy before every call instead of once per round.
+        clock: the clock of :func:`interleaved_times` (default: wall time).
+        copy_between: time the copy before every call instead of once per round. Each call
+            is then also compared with the copy timed just before it, round by round (see
+            ``paired_fraction_of_copy_bandwidth`` and ``extra_copy_ratio`` below): the median
+            of such paired ratios cancels slow changes in the machine's load, which the ratio
+            of two medians does not.
 
     Returns:
         ``{"shape", "dtype", "device", "input_bytes", "copy_bytes", "copy_seconds" (median,
@@ -229,6 +242,12 @@ def bench_shape(shape, dtype, device, samples, warmup, compiled=False, with_nump
         ``fraction_of_copy_bandwidth`` (compulsory bytes / median time / copy bandwidth), and
         ``saved_bytes_ratio`` (torch, forward+backward) or ``peak_bytes_ratio`` (NumPy,
         forward+backward). ``extra``: ``{name: seconds (median, min, max)}``.
+        With ``copy_between=True`` only: each row also has
+        ``paired_fraction_of_copy_bandwidth`` (the median over rounds of compulsory bytes /
+        time / bandwidth of the copy timed just before the call, that round), and the result
+        has ``"extra_copy_ratio"``: ``{name: median over rounds of (time of the copy just
+        before) / (time of the call)}`` (multiply by the call's bytes moved / the copy's
+        ``2 * copy_bytes`` for its fraction of copy speed).
     """
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(shape, generator=gen).to(device=device, dtype=dtype)
@@ -266,12 +285,19 @@ def bench_shape(shape, dtype, device, samples, warmup, compiled=False, with_nump
     for name in extra:
         calls[f"extra|{name}"] = extra[name]
     with_copies = {}
+    copy_before = {}
     for i, (key, fn) in enumerate(calls.items()):
         if i == 0 or copy_between:
             with_copies[f"copy|{i}"] = lambda: copy_dst.copy_(copy_src)
+            copy_before[key] = f"copy|{i}"
         with_copies[key] = fn
 
-    times = interleaved_times(with_copies, samples, warmup, device)
+    times = interleaved_times(with_copies, samples, warmup, device, clock)
+    paired = {}  # call -> median over rounds of (copy time just before) / (call time)
+    if copy_between:
+        paired = {key: statistics.median(c / t if t > 0 else float("inf")
+                                         for c, t in zip(times[copy_before[key]], times[key]))
+                  for key in calls}
     copy_times = [t for key in with_copies if key.startswith("copy|") for t in times.pop(key)]
     copy_bw = 2 * copy_bytes / statistics.median(copy_times)
     result = {"shape": list(shape), "dtype": str(dtype).replace("torch.", ""),
@@ -279,6 +305,8 @@ def bench_shape(shape, dtype, device, samples, warmup, compiled=False, with_nump
               "copy_seconds": _summary(copy_times), "copy_bandwidth_GBs": copy_bw / 1e9,
               "rows": [],
               "extra": {name: _summary(times[f"extra|{name}"]) for name in extra}}
+    if copy_between:
+        result["extra_copy_ratio"] = {name: paired[f"extra|{name}"] for name in extra}
     for key, samples_ in times.items():
         if key.startswith("extra|"):
             continue
@@ -288,6 +316,8 @@ def bench_shape(shape, dtype, device, samples, warmup, compiled=False, with_nump
         row = {"implementation": name, "pass": pass_, "seconds": _summary(samples_),
                "ratio_to_native": {k: v / native for k, v in _summary(samples_).items()},
                "fraction_of_copy_bandwidth": compulsory / statistics.median(samples_) / copy_bw}
+        if copy_between:
+            row["paired_fraction_of_copy_bandwidth"] = compulsory / (2 * copy_bytes) * paired[key]
         if pass_ == "forward+backward" and name in impls:
             row["saved_bytes_ratio"] = saved_bytes(impls[name], x_grad, weight, bias) / nbytes
         if pass_ == "forward+backward" and name in numpy_passes:

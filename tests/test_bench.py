@@ -2,6 +2,7 @@
 and its helpers (cache size, interleaving, chosen implementations and extra calls)."""
 
 import json
+import time
 
 import pytest
 import torch
@@ -69,6 +70,34 @@ def test_bench_shape_with_chosen_implementations_copy_size_and_extra_calls():
     with pytest.raises(ValueError, match="torch native"):
         bench.bench_shape((8, 4), torch.float32, torch.device("cpu"), samples=1, warmup=0,
                           implementations={"bnlib.torch": impls["bnlib.torch"]})
+
+
+def test_bench_shape_pairs_every_call_with_the_copy_before_it():
+    impls = {name: fn for name, fn in bench.torch_implementations().items()
+             if name in ("torch native", "bnlib.torch")}
+    result = bench.bench_shape((8, 4), torch.float32, torch.device("cpu"), samples=3, warmup=0,
+                               with_numpy=False, implementations=impls, copy_bytes=2**20,
+                               extra={"copy again": lambda: torch.ones(2**18).clone()},
+                               copy_between=True)
+    assert set(result["extra_copy_ratio"]) == {"copy again"}
+    assert result["extra_copy_ratio"]["copy again"] > 0
+    assert all(r["paired_fraction_of_copy_bandwidth"] > 0 for r in result["rows"])
+    once = bench.bench_shape((8, 4), torch.float32, torch.device("cpu"), samples=1, warmup=0,
+                             with_numpy=False, implementations=impls, copy_bytes=2**20)
+    assert "extra_copy_ratio" not in once
+    assert all("paired_fraction_of_copy_bandwidth" not in r for r in once["rows"])
+
+
+def test_interleaved_times_and_bench_shape_take_a_clock():
+    ticks = iter(range(1000))
+    times = bench.interleaved_times({"a": lambda: None}, samples=3, warmup=1,
+                                    clock=lambda: float(next(ticks)))
+    assert times == {"a": [1.0, 1.0, 1.0]}  # every call reads the clock twice
+    impls = {"torch native": bench.torch_implementations()["torch native"]}
+    result = bench.bench_shape((8, 4), torch.float32, torch.device("cpu"), samples=2, warmup=0,
+                               with_numpy=False, implementations=impls, copy_bytes=2**20,
+                               clock=time.process_time)
+    assert result["copy_seconds"]["min"] >= 0 and len(result["rows"]) == 2
 
 
 def test_default_copy_is_larger_than_the_last_level_cache():

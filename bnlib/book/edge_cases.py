@@ -28,7 +28,7 @@ from .. import numpy as bnp
 from .. import torch as bnt
 
 __all__ = ["CASES", "ENTRY_POINTS", "EdgeCase", "Outcome", "Trial", "cases_for",
-           "float32_offset_errors", "run"]
+           "float32_offset_errors", "float32_offset_errors_true", "run"]
 
 NP_FORWARD = "bnp.batch_norm_forward"
 NP_BACKWARD = "bnp.batch_norm_backward"
@@ -160,6 +160,63 @@ def float32_offset_errors(offset, shape=(32, 3, 16, 16), seed=0):
     return {"torch": err(F.batch_norm(x, None, None, training=True)),
             "bnt": err(bnt.batch_norm(x, None, None, training=True)),
             "bnp": err(bnp.batch_norm_forward(x.numpy())[0])}
+
+
+def float32_offset_errors_true(offset, shape=(32, 3, 16, 16), seed=0, std=1.0, integers=False):
+    """Errors of float32 batch norm measured against the data *before* rounding to float32.
+
+    The data are ``offset + std * z`` with ``z`` standard normal, drawn in float64 (rounded to
+    whole numbers when ``integers=True``), then stored in float32 as ``x``. The reference
+    ``y_true`` normalizes the float64 data in float64 (training mode, eps 1e-5). Storing the
+    data in float32 already moves each value by up to half a float32 spacing (about
+    ``offset * 6e-8``), which no float32 computation can undo: ``"input"`` is that error alone,
+    ``max |BN_64(x) - y_true|`` (0 for data that float32 holds exactly, e.g. integers below
+    2**24).
+
+    Returns a dict of ``max |y - y_true|`` over all elements, for:
+
+    - ``"input"``: the float64 normalization of ``x`` (the input's own rounding);
+    - ``"torch"``, ``"bnt"``, ``"bnp"``: training-mode float32 batch norm of ``x`` by
+      ``torch.nn.functional.batch_norm``, ``bnlib.torch.batch_norm``,
+      ``bnlib.numpy.batch_norm_forward``;
+    - ``"torch_eval"``, ``"bnt_eval"``: eval mode, given running statistics equal to the exact
+      mean and (biased) variance of the float64 data, rounded to float32 as a module stores
+      them: torch's kernel computes ``s * x + (beta - s * mean)``, bnlib's
+      ``s * (x - mean) + beta``;
+
+    and torch's training-mode error split in two parts, both measured against ``BN_64(x)``
+    (the same float32 values normalized in float64, so the input's rounding is excluded):
+
+    - ``"torch_statistics"``: ``(x - m) * r`` computed in float64 with torch's own float32
+      batch mean ``m`` and inverse standard deviation ``r`` (``torch.native_batch_norm``):
+      what its statistics lose;
+    - ``"torch_formula"``: torch's output minus that: what its output formula loses.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    data = torch.randn(shape, generator=gen, dtype=torch.float64) * std
+    if integers:
+        data = data.round()
+    data = data + offset
+    x = data.float()
+    dims = [0] + list(range(2, len(shape)))
+    view = [1, -1] + [1] * (len(shape) - 2)
+    true = F.batch_norm(data, None, None, training=True)
+    ref = F.batch_norm(x.double(), None, None, training=True)
+
+    def err(y, against=true):
+        return float((torch.as_tensor(y).double() - against).abs().max())
+
+    y_torch, mean, invstd = torch.native_batch_norm(x, None, None, None, None, True, 0.1, 1e-5)
+    y_stats = (x.double() - mean.double().view(view)) * invstd.double().view(view)
+    running = (data.mean(dims).float(), data.var(dims, unbiased=False).float())
+    return {"input": err(ref),
+            "torch": err(F.batch_norm(x, None, None, training=True)),
+            "bnt": err(bnt.batch_norm(x, None, None, training=True)),
+            "bnp": err(bnp.batch_norm_forward(x.numpy())[0]),
+            "torch_eval": err(F.batch_norm(x, *running, training=False)),
+            "bnt_eval": err(bnt.batch_norm(x, *running, training=False)),
+            "torch_statistics": err(y_stats, ref),
+            "torch_formula": err(y_torch, y_stats)}
 
 
 # ---------------------------------------------------------------------------------------------

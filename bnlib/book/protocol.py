@@ -33,11 +33,13 @@ from typing import NamedTuple
 import numpy as np
 from scipy import stats
 
-from . import experiments
+from . import experiments, training
 
 __all__ = ["VERDICTS", "Comparison", "Interval", "Tuned", "combine", "compare", "compare_test",
-           "interval", "paired_mean_resolution", "paired_resolution", "resolution", "tune",
-           "tune_arms", "tune_from", "tune_stacked", "tune_then_report", "verdict"]
+           "interval", "non_inferiority", "paired_mean_resolution", "paired_resolution",
+           "pick", "resolution", "tune",
+           "tune_arms", "tune_from", "tune_side_by_side", "tune_stacked", "tune_then_report",
+           "verdict"]
 
 #: The verdicts of the evidence table, from the strongest to the weakest, and "mixed" for
 #: chapters that disagree.
@@ -235,6 +237,42 @@ def verdict(comparison, threshold=0.0, caveat=False):
     return "holds"
 
 
+def non_inferiority(comparison, margin):
+    """The verdict on the claim "a is not worse than b by more than ``margin``" (a
+    non-inferiority test; see :data:`VERDICTS`).
+
+    A difference that is "not detected" by :func:`compare` does not show that two arms are
+    alike: its interval may reach far below 0. Non-inferiority asks instead whether every
+    effect the measurement allows is above ``-margin``. With ``e`` the effect and ``s`` the
+    smallest detectable effect (the larger of the interval's half-width over seeds and the
+    test set's resolution):
+
+    - "holds": ``e - s > -margin``, every effect the measurement allows is above ``-margin``;
+    - "does not hold": ``e + s < -margin`` and the difference is detected, ``a`` is worse than
+      ``b`` by more than the margin;
+    - "not detected": neither, the measurement cannot tell (equivalence not established;
+      print the interval and the margin).
+
+    Args:
+        comparison: a :class:`Comparison` of ``a`` against ``b`` from :func:`compare`.
+        margin: the largest loss that still counts as "not worse", >= 0 (in the units of the
+            comparison, e.g. 0.02 for two points of accuracy).
+
+    Raises:
+        TypeError: ``comparison`` is not a :class:`Comparison`.
+        ValueError: a negative or non-finite ``margin``.
+    """
+    if not isinstance(comparison, Comparison):
+        raise TypeError(f"comparison must be a Comparison, got {type(comparison).__name__}")
+    if not (math.isfinite(margin) and margin >= 0):
+        raise ValueError(f"margin must be finite and >= 0, got {margin!r}")
+    if comparison.effect - comparison.smallest_detectable > -margin:
+        return "holds"
+    if comparison.detected and comparison.effect + comparison.smallest_detectable < -margin:
+        return "does not hold"
+    return "not detected"
+
+
 def combine(verdicts):
     """One verdict for a claim measured under several conditions: two optimizers in one
     chapter (as the protocol asks of claims about speed or learning rates), or several
@@ -322,6 +360,24 @@ def tune(build, data, lrs, seeds, select="accuracy", target=None, **train_kwargs
     grid = {lr: experiments.repeat(build, data, seeds, lr=lr, **train_kwargs) for lr in lrs}
     best = experiments.best(grid, _score(select, target))
     return Tuned(grid, best, grid[best])
+
+
+def pick(grid, select="accuracy", target=None):
+    """The learning rate :func:`tune` picks from an already trained grid, by either rule.
+
+    ``grid``: ``{lr: Runs}`` (e.g. ``Tuned.grid``); ``select``, ``target``: as for
+    :func:`tune` ("accuracy": the highest mean final validation accuracy; "steps": the fewest
+    mean steps to ``target``, a run that never gets there counting as one step beyond its
+    end). Ties go to the smaller rate. It answers what a grid tuned by one rule would have
+    picked by the other, without training it again; for the rule it was tuned with,
+    ``pick(tuned.grid, select, target) == tuned.best``.
+
+    Raises:
+        ValueError: an empty grid; an unknown ``select``; "steps" without a ``target``.
+    """
+    if not grid:
+        raise ValueError("grid is empty: there is nothing to pick from")
+    return experiments.best(dict(sorted(grid.items())), _score(select, target))
 
 
 def tune_stacked(build, data, lrs, seeds, **train_kwargs):
@@ -414,6 +470,59 @@ def tune_from(starts, data, lrs, steps, batch_size=60):
     grid = experiments.fine_tune(starts, data, lrs, steps, batch_size)
     best = experiments.best(grid, _score("accuracy", None))
     return Tuned(grid, best, grid[best])
+
+
+def tune_side_by_side(build, data, lrs, tune_seeds, report_seeds, steps, batch_size=60,
+                      report_kwargs=None):
+    """:func:`tune_then_report` for plain SGD, the tuning grid trained side by side.
+
+    For every tuning seed a fresh model is built after ``training.deterministic(seed)``, as
+    :func:`bnlib.book.experiments.repeat` builds it; the whole grid then trains from these
+    starts as :func:`tune_from` trains it (all runs at once, batched with ``torch.func.vmap``:
+    several times cheaper than one run after another for the book's small networks, and the
+    same runs up to rounding), and the rate with the highest mean final validation accuracy
+    is picked, ties going to the smaller rate. Fresh ``report_seeds`` are then trained one by
+    one at the picked rate with :func:`bnlib.book.experiments.repeat` (plain SGD, the same
+    ``steps`` and ``batch_size``; the accuracy on the evaluation split at step 0 and at the
+    end unless ``report_kwargs`` says otherwise), so that the pick does not favour them.
+
+    Args:
+        build: a function of no arguments returning a new model.
+        data: a :class:`bnlib.book.data.Dataset` with a validation split.
+        lrs: the grid; tune_seeds, report_seeds: disjoint, non-empty.
+        steps, batch_size: the budget of every run, tuning and report alike.
+        report_kwargs: optional training arguments for the reported runs only (e.g.
+            ``eval_every``, ``on_step``); not ``lr``, ``steps``, ``batch_size``, ``momentum``
+            or ``weight_decay`` (the tuning budget and optimizer).
+
+    Returns:
+        ``Tuned(grid, best, runs)``: the tuning grid, the picked rate, and the report seeds'
+        runs at that rate.
+
+    Raises:
+        ValueError: no tuning or report seeds, a report seed among the tuning seeds, a fixed
+            argument in ``report_kwargs``, data without a validation split; what
+            :func:`tune_from` raises.
+    """
+    tune_seeds, report_seeds = list(tune_seeds), list(report_seeds)
+    if not tune_seeds or not report_seeds:
+        raise ValueError("tune_seeds and report_seeds must be non-empty")
+    shared = sorted(set(tune_seeds) & set(report_seeds))
+    if shared:
+        raise ValueError(f"report seeds must be fresh, but {shared} also tuned the rate")
+    report_kwargs = dict(report_kwargs or {})
+    fixed = sorted({"lr", "steps", "batch_size", "momentum", "weight_decay"} & set(report_kwargs))
+    if fixed:
+        raise ValueError(f"report_kwargs cannot set {fixed}: the report trains at the picked "
+                         f"rate with the tuning budget and plain SGD")
+    starts = {}
+    for seed in tune_seeds:
+        training.deterministic(seed)
+        starts[seed] = build()
+    tuned = tune_from(starts, data, lrs, steps, batch_size)
+    runs = experiments.repeat(build, data, report_seeds, lr=tuned.best, steps=steps,
+                              batch_size=batch_size, **{"eval_every": steps, **report_kwargs})
+    return Tuned(tuned.grid, tuned.best, runs)
 
 
 def tune_arms(arms, data, lrs, seeds, select="accuracy", target=None, **train_kwargs):

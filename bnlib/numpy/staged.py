@@ -39,14 +39,15 @@ class Node(NamedTuple):
 
 
 #: The forward graph in evaluation order. The leaves (inputs of the graph) are x, gamma, beta.
+#: The formulas use the book's notation: mu_B and sigma_B^2 are the batch mean and biased variance.
 GRAPH = (
-    Node("mu", r"\mu = \frac{1}{m}\sum_i x_i", ("x",)),
-    Node("xmu", r"x - \mu", ("x", "mu")),
-    Node("sq", r"(x - \mu)^2", ("xmu",)),
-    Node("var", r"\sigma^2 = \frac{1}{m}\sum_i (x_i - \mu)^2", ("sq",)),
-    Node("std", r"\sqrt{\sigma^2 + \epsilon}", ("var",)),
-    Node("invstd", r"1 / \sqrt{\sigma^2 + \epsilon}", ("std",)),
-    Node("xhat", r"\hat x = (x - \mu) \cdot \mathrm{invstd}", ("xmu", "invstd")),
+    Node("mu", r"\mu_B = \frac{1}{m}\sum_i x_i", ("x",)),
+    Node("xmu", r"x - \mu_B", ("x", "mu")),
+    Node("sq", r"(x - \mu_B)^2", ("xmu",)),
+    Node("var", r"\sigma_B^2 = \frac{1}{m}\sum_i (x_i - \mu_B)^2", ("sq",)),
+    Node("std", r"\sqrt{\sigma_B^2 + \epsilon}", ("var",)),
+    Node("invstd", r"1 / \sqrt{\sigma_B^2 + \epsilon}", ("std",)),
+    Node("xhat", r"\hat x = (x - \mu_B) \cdot \mathrm{invstd}", ("xmu", "invstd")),
     Node("gxhat", r"\gamma \hat x", ("gamma", "xhat")),
     Node("y", r"y = \gamma \hat x + \beta", ("gxhat", "beta")),
 )

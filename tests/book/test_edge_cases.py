@@ -69,3 +69,19 @@ def test_a_broken_promise_fails_the_row():
     silent = edge_cases.EdgeCase("x", "y", "", "", warning_row.setup)
     with pytest.raises(AssertionError, match="unexpected warnings"):
         edge_cases.run(silent)
+
+
+def test_float32_offset_errors_true_measures_against_the_data_before_rounding():
+    keys = {"input", "torch", "bnt", "bnp", "torch_eval", "bnt_eval", "torch_statistics",
+            "torch_formula"}
+    e = edge_cases.float32_offset_errors_true(1e4, shape=(16, 2, 4, 4))
+    assert set(e) == keys and all(v >= 0 for v in e.values())
+    # rounding 1e4 + N(0, 1) to float32 moves values by up to 2**-11 (half a spacing)
+    assert 1e-4 < e["input"] < 2**-10
+    # bnlib adds almost nothing to the input's own error; torch's parts add up to its error
+    assert e["bnt"] <= 1.05 * e["input"] and e["bnp"] <= 1.05 * e["input"]
+    old = edge_cases.float32_offset_errors(1e4, shape=(16, 2, 4, 4))
+    assert e["torch"] <= e["input"] + old["torch"] + 1e-12
+    assert old["torch"] <= e["torch_statistics"] + e["torch_formula"] + 1e-12
+    whole = edge_cases.float32_offset_errors_true(1e4, shape=(16, 2, 4), std=10, integers=True)
+    assert whole["input"] == 0 and whole["bnt"] < 1e-5

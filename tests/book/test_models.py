@@ -230,6 +230,30 @@ def test_glorot_init_keeps_the_sigmoid_signal_where_torch_default_shrinks_it():
     assert spread["glorot"] > 2 * spread["default"]
 
 
+def test_glorot_init_gain_multiplies_the_standard_deviation_and_defaults_to_one():
+    # gain=4 is Bengio's (2012) scale for sigmoid units; the default is unchanged (gain 1)
+    stds = {}
+    for gain in (None, 1.0, 4):
+        training.deterministic(0)
+        net = models.mlp(784, [100, 100], 10, activation="sigmoid")
+        net = models.glorot_init(net) if gain is None else models.glorot_init(net, gain=gain)
+        stds[gain] = [net[0].linear.weight.std().item(), net[1].linear.weight.std().item()]
+        assert net[0].linear.bias.abs().max().item() == 0.0
+    assert stds[None] == stds[1.0]  # the same draws
+    for with_four, with_one in zip(stds[4], stds[1.0]):
+        assert with_four == pytest.approx(4 * with_one, rel=1e-12)
+    assert stds[4][0] == pytest.approx(4 * (2 / (784 + 100)) ** 0.5, rel=0.06)
+
+
+@pytest.mark.parametrize("gain", [0, -1.0, float("inf"), float("nan"), True, "4"])
+def test_glorot_init_rejects_a_gain_that_is_not_positive_and_finite(gain):
+    net = models.mlp(8, [4], 2, activation="sigmoid")
+    before = [p.clone() for p in net.parameters()]
+    with pytest.raises(ValueError, match="gain"):
+        models.glorot_init(net, gain=gain)
+    assert all(torch.equal(a, b) for a, b in zip(before, net.parameters()))  # left unchanged
+
+
 def test_glorot_init_rejects_what_it_cannot_initialize():
     with pytest.raises(TypeError, match="Module"):
         models.glorot_init(lambda: None)

@@ -256,6 +256,32 @@ def test_combine_holds_with_a_caveat_where_only_some_conditions_show_it(verdicts
     assert protocol.combine(verdicts) == expected
 
 
+@pytest.mark.parametrize("differences,resolution,expected", [
+    ([-0.005, 0.005, 0.005], 0.0, "holds"),  # not detected as a difference, yet not worse
+    ([-0.05, 0.0, 0.03], 0.0, "not detected"),  # the interval reaches below the margin
+    ([-0.10, -0.11, -0.12], 0.0, "does not hold"),  # worse by more than the margin
+    ([-0.001, 0.0, 0.001], 0.05, "not detected"),  # tight over seeds, the test set cannot tell
+])
+def test_non_inferiority_needs_every_allowed_effect_above_minus_the_margin(differences,
+                                                                           resolution,
+                                                                           expected):
+    b = np.array([0.9, 0.8, 0.85])
+    c = protocol.compare(b + np.array(differences), b, resolution=resolution)
+    assert protocol.non_inferiority(c, margin=0.02) == expected
+    assert expected in protocol.VERDICTS
+    if expected == "holds":
+        assert not c.detected and c.effect - c.smallest_detectable > -0.02
+
+
+def test_non_inferiority_refuses_a_bad_margin_or_what_is_not_a_comparison():
+    c = protocol.compare([0.9, 0.91, 0.92], [0.9, 0.9, 0.9])
+    for margin in (-0.01, math.inf, math.nan):
+        with pytest.raises(ValueError, match="margin"):
+            protocol.non_inferiority(c, margin)
+    with pytest.raises(TypeError):
+        protocol.non_inferiority((0.0, -1.0, 1.0), 0.02)
+
+
 def test_combine_refuses_unknown_or_missing_verdicts():
     for bad in ([], {"SGD": "probably"}, ["holds", "yes"]):
         with pytest.raises(ValueError, match="verdicts"):
@@ -289,3 +315,47 @@ def test_tune_stacked_picks_what_tune_picks_from_the_same_runs():
     assert stacked.runs.final_accuracy == tuned.runs.final_accuracy
     with pytest.raises(ValueError, match="validation split"):
         protocol.tune_stacked(build, data.load_mnist1d(), [0.1], [0], **kwargs)
+
+
+def test_pick_on_a_trained_grid_is_what_tune_picks_by_either_rule():
+    digits = data.load_digits(n_val=300)
+
+    def build():
+        return models.mlp(64, [16], 10)
+
+    kwargs = dict(steps=30, batch_size=64, eval_every=5)
+    by_accuracy = protocol.tune(build, digits, [0.3, 0.01, 0.1], [0, 1], **kwargs)
+    by_steps = protocol.tune(build, digits, [0.3, 0.01, 0.1], [0, 1], select="steps",
+                             target=0.5, **kwargs)
+    assert protocol.pick(by_accuracy.grid) == by_accuracy.best
+    assert protocol.pick(by_steps.grid, "steps", target=0.5) == by_steps.best
+    # the same runs, read by the other rule, without training again
+    assert protocol.pick(by_steps.grid) == by_accuracy.best
+    with pytest.raises(ValueError, match="empty"):
+        protocol.pick({})
+    with pytest.raises(ValueError, match="target"):
+        protocol.pick(by_steps.grid, "steps")
+
+
+def test_tune_side_by_side_picks_what_tune_then_report_picks_and_reports_fresh_seeds():
+    digits = data.load_digits(n_val=300)
+
+    def build():
+        return models.mlp(64, [16], 10, norm=torch.nn.BatchNorm1d)
+
+    lrs, budget = [0.01, 0.3, 0.1], dict(steps=20, batch_size=32)
+    fast = protocol.tune_side_by_side(build, digits, lrs, [0, 1], [5, 6], **budget)
+    slow = protocol.tune_then_report(build, digits, lrs, [0, 1], [5, 6], eval_every=20, **budget)
+    assert fast.best == slow.best and list(fast.grid) == sorted(lrs)
+    for lr in lrs:  # the same runs up to rounding
+        assert fast.grid[lr].final_accuracy == pytest.approx(slow.grid[lr].final_accuracy,
+                                                             abs=0.02)
+    assert fast.runs.seeds == [5, 6]
+    assert fast.runs.test_accuracy == slow.runs.test_accuracy  # trained alike, one by one
+    with pytest.raises(ValueError, match="fresh"):
+        protocol.tune_side_by_side(build, digits, lrs, [0, 1], [1, 2], **budget)
+    with pytest.raises(ValueError, match="momentum"):
+        protocol.tune_side_by_side(build, digits, lrs, [0], [1], report_kwargs={"momentum": 0.9},
+                                   **budget)
+    with pytest.raises(ValueError, match="validation split"):
+        protocol.tune_side_by_side(build, data.load_digits(), lrs, [0], [1], **budget)
