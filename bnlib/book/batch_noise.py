@@ -100,12 +100,8 @@ def measured_noise(x, m, num_batches=1000, z=1.0, eps=1e-5, seed=0):
     Raises:
         ValueError: m < 2 or num_batches < 2.
     """
-    _check_batch_size(m)
-    if num_batches < 2:
-        raise ValueError(f"num_batches must be >= 2 to measure a spread, got {num_batches!r}")
+    batches = _draw_batches(x, m, num_batches, seed)
     mu, var, _, _ = population_moments(x)
-    gen = torch.Generator().manual_seed(seed)
-    batches = x.double()[torch.randint(len(x), (num_batches, m), generator=gen)]  # (B, m, D)
     batch_mean = batches.mean(1)
     batch_var = ((batches - batch_mean.unsqueeze(1)) ** 2).mean(1)
     batches[:, 0] = mu + z * var.sqrt()
@@ -115,6 +111,16 @@ def measured_noise(x, m, num_batches=1000, z=1.0, eps=1e-5, seed=0):
     return BatchNoise(batch_mean.std(0, unbiased=False) / var.sqrt(),
                       batch_var.std(0, unbiased=False) / var,
                       xhat.std(0, unbiased=False))
+
+
+def _draw_batches(x, m, num_batches, seed):
+    """``num_batches`` batches of m rows of ``x`` (N, D) drawn with replacement, in float64:
+    shape (num_batches, m, D); the same batches for the same seed."""
+    _check_batch_size(m)
+    if num_batches < 2:
+        raise ValueError(f"num_batches must be >= 2 to measure a spread, got {num_batches!r}")
+    gen = torch.Generator().manual_seed(seed)
+    return x.double()[torch.randint(len(x), (num_batches, m), generator=gen)]
 
 
 def scale_noise(m, kurtosis):
@@ -138,11 +144,7 @@ def measured_scale_noise(x, m, num_batches=1000, eps=1e-5, seed=0):
     Raises:
         ValueError: m < 2 or num_batches < 2.
     """
-    _check_batch_size(m)
-    if num_batches < 2:
-        raise ValueError(f"num_batches must be >= 2 to measure a spread, got {num_batches!r}")
+    batches = _draw_batches(x, m, num_batches, seed)
     _, var, _, _ = population_moments(x)
-    gen = torch.Generator().manual_seed(seed)
-    batches = x.double()[torch.randint(len(x), (num_batches, m), generator=gen)]  # (B, m, D)
     batch_var = ((batches - batches.mean(1, keepdim=True)) ** 2).mean(1)
     return torch.sqrt(batch_var + eps).std(0, unbiased=False) / torch.sqrt(var + eps)

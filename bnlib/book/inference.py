@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from .. import _checks
-from ..torch.inference import _first_element, _restore, _state, _statistics_layers
+from ..torch.inference import _first_element, _recomputing, _reset, _statistics_layers
 
 __all__ = ["Calibration", "calibration", "entropy_adaptation", "predict_with_batch_statistics",
            "recompute_statistics_layer_by_layer", "running_average"]
@@ -129,24 +129,13 @@ def recompute_statistics_layer_by_layer(model, batches):
     batches = [_first_element(b) for b in batches]
     if not batches:
         raise ValueError("batches is empty: population statistics need at least one batch")
-    states = [_state(layer) for layer in layers]
-    modes = [(m, m.training) for m in model.modules()]
-    failed = True
-    try:
+    with _recomputing(model, layers):
         model.eval()
         for layer in layers:
-            layer.reset_running_stats()
-            layer.momentum = None
-            layer.train()
+            _reset(layer)  # then only this layer trains: the layers below are already final
             for x in batches:
                 model(x)
             layer.eval()
-        failed = False
-    finally:
-        for layer, state in zip(layers, states):
-            _restore(layer, state, statistics_too=failed)
-        for module, training in modes:
-            module.training = training
 
 
 class Calibration(NamedTuple):

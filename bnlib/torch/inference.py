@@ -21,6 +21,7 @@ subclass of torch's ``_BatchNorm``: ``torch.nn.BatchNorm1d/2d/3d``, ``torch.nn.S
 and bnlib's batch norms.
 """
 
+import contextlib
 import copy
 
 import torch
@@ -79,6 +80,26 @@ def _restore(layer, state, statistics_too):
     layer.train(training)
 
 
+@contextlib.contextmanager
+def _recomputing(model, layers):
+    """Around a recomputation of ``layers``' statistics: afterwards every module of ``model`` has
+    its own training flag back (set without recursion: ``model.train(flag)`` would overwrite
+    the mode of a batch norm kept in eval mode inside a training model) and every layer its
+    momentum; if the body raised, the layers' statistics and counts are put back too, so a
+    failed call changes nothing."""
+    states = [_state(layer) for layer in layers]
+    modes = [(m, m.training) for m in model.modules()]
+    failed = True
+    try:
+        yield
+        failed = False
+    finally:
+        for layer, state in zip(layers, states):
+            _restore(layer, state, statistics_too=failed)
+        for module, training in modes:
+            module.training = training
+
+
 @torch.no_grad()
 def recompute_statistics(model, batches):
     """Replace running averages by population statistics: the paper's Algorithm 2.
@@ -118,24 +139,13 @@ def recompute_statistics(model, batches):
     first = next(batches, None)
     if first is None:
         raise ValueError("batches is empty: population statistics need at least one batch")
-    states = [_state(layer) for layer in layers]
-    # Each module's own flag, set without recursion: model.train(flag) would overwrite the
-    # mode of a batch norm kept in eval mode inside a training model.
-    modes = [(m, m.training) for m in model.modules()]
-    failed = True
-    try:
+    with _recomputing(model, layers):
         for layer in layers:
             _reset(layer)
         model.train()
         model(_first_element(first))
         for batch in batches:
             model(_first_element(batch))
-        failed = False
-    finally:
-        for layer, state in zip(layers, states):
-            _restore(layer, state, statistics_too=failed)
-        for module, training in modes:
-            module.training = training
 
 
 def _affine_parameters(bn):
