@@ -48,6 +48,24 @@ class Runs:
     models: list = field(default_factory=list)
     seconds: list = field(default_factory=list)
 
+    @classmethod
+    def join(cls, *parts):
+        """One ``Runs`` for runs of one setting trained in several parts (e.g. the tuning
+        seed's run and more seeds at the picked rate): the parts' seeds, histories, models and
+        seconds, in order.
+
+        Raises:
+            ValueError: no parts, or a seed in more than one part.
+        """
+        if not parts:
+            raise ValueError("join needs at least one Runs")
+        seeds = [s for p in parts for s in p.seeds]
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(f"a seed appears in more than one part: {seeds}")
+        return cls(seeds=seeds, histories=[h for p in parts for h in p.histories],
+                   models=[m for p in parts for m in p.models],
+                   seconds=[s for p in parts for s in p.seconds])
+
     @property
     def final_accuracy(self):
         """The last accuracy of each run on its evaluation split (validation when the data
@@ -153,21 +171,11 @@ def repeat(build, data, seeds, **train_kwargs):
 
 
 def _side_by_side_batches(n, seeds, batch_size, steps):
-    """For each of ``steps`` steps, the (K, batch_size) indices of the runs' mini-batches.
-
-    Run k draws the batches :func:`bnlib.book.training.train` draws with seed ``seeds[k]``:
-    a fresh ``randperm`` of the n training examples per epoch from its own generator (runs
-    with the same seed see the same batches).
-    """
-    generators = {seed: torch.Generator().manual_seed(seed) for seed in seeds}
-    orders = {seed: torch.randperm(n, generator=generators[seed]) for seed in generators}
-    cursor = 0
+    """For each of ``steps`` steps, the (K, batch_size) indices of the runs' mini-batches:
+    run k draws the batches :func:`bnlib.book.training.train` draws with seed ``seeds[k]``."""
+    orders = [training._batch_order(n, batch_size, seed) for seed in seeds]
     for _ in range(steps):
-        if cursor + batch_size > n:  # every seed starts a new epoch at the same step
-            orders = {seed: torch.randperm(n, generator=generators[seed]) for seed in generators}
-            cursor = 0
-        yield torch.stack([orders[seed][cursor:cursor + batch_size] for seed in seeds])
-        cursor += batch_size
+        yield torch.stack([next(order) for order in orders])
 
 
 def repeat_stacked(build, data, seeds, lrs, steps, batch_size=60, momentum=0.0):
@@ -208,9 +216,7 @@ def repeat_stacked(build, data, seeds, lrs, steps, batch_size=60, momentum=0.0):
         training.deterministic(seed)
         models.append(build())
     stacked = StackedRecurrentClassifier(models)
-    split = "test" if data.x_val is None else "validation"
-    x_eval, y_eval = ((data.x_val, data.y_val) if split == "validation"
-                      else (data.x_test, data.y_test))
+    split, x_eval, y_eval = training._evaluation_split(data)
     histories = [training.History(split=split, steps=[0],
                                   accuracy=[training.evaluate(m, x_eval, y_eval)])
                  for m in models]
@@ -227,14 +233,7 @@ def repeat_stacked(build, data, seeds, lrs, steps, batch_size=60, momentum=0.0):
         finite = torch.isfinite(losses.detach())
         for k in torch.nonzero(alive & ~finite).flatten().tolist():
             alive[k] = False
-            history = histories[k]
-            history.diverged = True
-            if step == 0:  # measured before the blow-up
-                history.steps.pop()
-                history.accuracy.pop()
-            history.steps.append(step)
-            history.accuracy.append(1.0 / data.num_classes)
-            history.test_accuracy = 1.0 / data.num_classes
+            training._mark_diverged(histories[k], step, data.num_classes)
         if not alive.any():
             break
         optimizer.zero_grad()
@@ -250,8 +249,7 @@ def repeat_stacked(build, data, seeds, lrs, steps, batch_size=60, momentum=0.0):
         if not history.diverged:
             history.steps.append(steps)
             history.accuracy.append(training.evaluate(model, x_eval, y_eval))
-            history.test_correct = training.correct(model, data.x_test, data.y_test)
-            history.test_accuracy = float(history.test_correct.double().mean())
+            training._read_test(history, model, data)
     seconds = (time.process_time() - start) / len(models)
     for (lr, _), model, history in zip(keys, models, histories):
         runs[lr].histories.append(history)
@@ -350,22 +348,17 @@ def fine_tune(starts, data, lrs, steps, batch_size=60):
                 p.copy_(params[name][j])
             for name, b in model.named_buffers():
                 b.copy_(buffers[name][j])
-    split = "test" if data.x_val is None else "validation"
-    x_eval, y_eval = ((data.x_val, data.y_val) if split == "validation"
-                      else (data.x_test, data.y_test))
+    split, x_eval, y_eval = training._evaluation_split(data)
     seconds = (time.process_time() - start) / k
     runs = {lr: Runs(seeds=seeds) for lr in lrs}
     for j, ((lr, _), model) in enumerate(zip(keys, models)):
         history = training.History(split=split)
         history.train_loss = [float(loss[j]) for loss, live in losses_seen if live[j]]
         if j in diverged_at:
-            history.diverged = True
-            history.steps, history.accuracy = [diverged_at[j]], [1.0 / data.num_classes]
-            history.test_accuracy = 1.0 / data.num_classes
+            training._mark_diverged(history, diverged_at[j], data.num_classes)
         else:
             history.steps, history.accuracy = [steps], [training.evaluate(model, x_eval, y_eval)]
-            history.test_correct = training.correct(model, data.x_test, data.y_test)
-            history.test_accuracy = float(history.test_correct.double().mean())
+            training._read_test(history, model, data)
         runs[lr].histories.append(history)
         runs[lr].models.append(model)
         runs[lr].seconds.append(seconds)

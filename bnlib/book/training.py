@@ -97,6 +97,50 @@ def evaluate(model, x, y):
     return float(correct(model, x, y).double().mean())
 
 
+def _evaluation_split(data, split=None):
+    """``(split, x, y)`` of the split an accuracy curve is measured on: ``split``, or
+    validation when the data has one and test otherwise (None)."""
+    if split is None:
+        split = "test" if data.x_val is None else "validation"
+    if split not in ("validation", "test") or (split == "validation" and data.x_val is None):
+        raise ValueError(f"eval_split must be 'validation' (for data with a validation split) "
+                         f"or 'test', got {split!r}")
+    if split == "validation":
+        return split, data.x_val, data.y_val
+    return split, data.x_test, data.y_test
+
+
+def _batch_order(n, batch_size, seed):
+    """The indices of every step's mini-batch, without end: a fresh ``randperm`` of the n
+    training examples per epoch from a generator seeded with ``seed`` (an epoch's last
+    examples that do not fill a batch are skipped)."""
+    gen = torch.Generator().manual_seed(seed)
+    order, cursor = torch.randperm(n, generator=gen), 0
+    while True:
+        if cursor + batch_size > n:
+            order, cursor = torch.randperm(n, generator=gen), 0
+        yield order[cursor:cursor + batch_size]
+        cursor += batch_size
+
+
+def _mark_diverged(history, step, num_classes):
+    """Record a run whose loss became non-finite at ``step``: chance accuracy there (in place
+    of a measurement at that step, taken before the blow-up), and no test predictions."""
+    history.diverged = True
+    if history.steps and history.steps[-1] == step:
+        history.steps.pop()
+        history.accuracy.pop()
+    history.steps.append(step)
+    history.accuracy.append(1.0 / num_classes)
+    history.test_accuracy = 1.0 / num_classes
+
+
+def _read_test(history, model, data):
+    """The one read of the test split at the end of a run."""
+    history.test_correct = correct(model, data.x_test, data.y_test)
+    history.test_accuracy = float(history.test_correct.double().mean())
+
+
 def train(model, data, steps, batch_size=60, lr=0.1, momentum=0.0, weight_decay=0.0,
           eval_every=100, seed=0, on_step=None, eval_steps=None, eval_split=None):
     """Train ``model`` with mini-batch SGD on cross-entropy; return a :class:`History`.
@@ -123,14 +167,7 @@ def train(model, data, steps, batch_size=60, lr=0.1, momentum=0.0, weight_decay=
             ``eval_split``, or "validation" for data without one.
         TypeError: the model's floating parameters are not of the data's dtype.
     """
-    if eval_split is None:
-        eval_split = "test" if data.x_val is None else "validation"
-    if eval_split not in ("validation", "test") or (eval_split == "validation"
-                                                    and data.x_val is None):
-        raise ValueError(f"eval_split must be 'validation' (for data with a validation split) "
-                         f"or 'test', got {eval_split!r}")
-    x_eval, y_eval = ((data.x_val, data.y_val) if eval_split == "validation"
-                      else (data.x_test, data.y_test))
+    eval_split, x_eval, y_eval = _evaluation_split(data, eval_split)
     if eval_steps is not None:
         eval_steps = list(eval_steps)
         bad = [s for s in eval_steps if isinstance(s, bool) or not isinstance(s, numbers.Integral)
@@ -145,10 +182,8 @@ def train(model, data, steps, batch_size=60, lr=0.1, momentum=0.0, weight_decay=
                         f"which makes {DTYPE} the default, or convert it with .to(dtype)")
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum,
                                 weight_decay=weight_decay)
-    gen = torch.Generator().manual_seed(seed)
     history = History(split=eval_split)
-    n = len(data.y_train)
-    order, cursor = torch.randperm(n, generator=gen), 0
+    batches = _batch_order(len(data.y_train), batch_size, seed)
     model.train()
     for step in range(steps + 1):
         due = step % eval_every == 0 if eval_steps is None else step in eval_steps
@@ -157,19 +192,10 @@ def train(model, data, steps, batch_size=60, lr=0.1, momentum=0.0, weight_decay=
             history.accuracy.append(evaluate(model, x_eval, y_eval))
         if step == steps:
             break
-        if cursor + batch_size > n:
-            order, cursor = torch.randperm(n, generator=gen), 0
-        idx = order[cursor:cursor + batch_size]
-        cursor += batch_size
+        idx = next(batches)
         loss = torch.nn.functional.cross_entropy(model(data.x_train[idx]), data.y_train[idx])
         if not torch.isfinite(loss):
-            history.diverged = True
-            if history.steps and history.steps[-1] == step:  # measured before the blow-up
-                history.steps.pop()
-                history.accuracy.pop()
-            history.steps.append(step)
-            history.accuracy.append(1.0 / data.num_classes)
-            history.test_accuracy = 1.0 / data.num_classes
+            _mark_diverged(history, step, data.num_classes)
             return history
         optimizer.zero_grad()
         loss.backward()
@@ -177,8 +203,7 @@ def train(model, data, steps, batch_size=60, lr=0.1, momentum=0.0, weight_decay=
         history.train_loss.append(loss.item())
         if on_step is not None:
             on_step(step, model)
-    history.test_correct = correct(model, data.x_test, data.y_test)
-    history.test_accuracy = float(history.test_correct.double().mean())
+    _read_test(history, model, data)
     return history
 
 
