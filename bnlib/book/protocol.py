@@ -335,6 +335,29 @@ def _score(select, target):
     raise ValueError(f"select must be 'accuracy' or 'steps', got {select!r}")
 
 
+def _require_validation(data):
+    if data.x_val is None:
+        raise ValueError("tuning needs a validation split: use data.with_validation(...) or "
+                         "a loader's n_val, so that the test split is not used for choices")
+
+
+def _fresh_report(tune_seeds, report_seeds, report_kwargs, fixed, why):
+    """``(tune_seeds, report_seeds, report_kwargs)`` as lists and a dict, after checking that
+    the report seeds are fresh and that ``report_kwargs`` sets none of ``fixed``."""
+    tune_seeds, report_seeds = list(tune_seeds), list(report_seeds)
+    if not report_seeds:
+        raise ValueError("report_seeds is empty: there is nothing to report")
+    shared = sorted(set(tune_seeds) & set(report_seeds))
+    if shared:
+        raise ValueError(f"report seeds must be fresh, but {shared} also tuned the rate")
+    report_kwargs = dict(report_kwargs or {})
+    fixed = sorted(set(fixed) & set(report_kwargs))
+    if fixed:
+        raise ValueError(f"report_kwargs cannot set {fixed}: the report trains at the picked "
+                         f"rate with {why}")
+    return tune_seeds, report_seeds, report_kwargs
+
+
 def tune(build, data, lrs, seeds, select="accuracy", target=None, **train_kwargs):
     """Train ``build()`` at every learning rate of ``lrs`` over ``seeds``; pick one on validation.
 
@@ -351,9 +374,7 @@ def tune(build, data, lrs, seeds, select="accuracy", target=None, **train_kwargs
     Raises:
         ValueError: data without a validation split; an empty grid; what ``repeat`` raises.
     """
-    if data.x_val is None:
-        raise ValueError("tuning needs a validation split: use data.with_validation(...) or "
-                         "a loader's n_val, so that the test split is not used for choices")
+    _require_validation(data)
     lrs = sorted(float(lr) for lr in lrs)
     if not lrs:
         raise ValueError("lrs is empty: there is nothing to tune")
@@ -396,9 +417,7 @@ def tune_stacked(build, data, lrs, seeds, **train_kwargs):
         ValueError: data without a validation split; an empty grid; what ``repeat_stacked``
             raises.
     """
-    if data.x_val is None:
-        raise ValueError("tuning needs a validation split: use data.with_validation(...) or "
-                         "a loader's n_val, so that the test split is not used for choices")
+    _require_validation(data)
     if not list(lrs):
         raise ValueError("lrs is empty: there is nothing to tune")
     grid = experiments.repeat_stacked(build, data, seeds, lrs, **train_kwargs)
@@ -435,17 +454,8 @@ def tune_then_report(build, data, lrs, tune_seeds, report_seeds, select="accurac
         ValueError: no report seeds, a report seed among the tuning seeds, ``lr`` or
             ``steps`` in ``report_kwargs``; what :func:`tune` raises.
     """
-    tune_seeds, report_seeds = list(tune_seeds), list(report_seeds)
-    if not report_seeds:
-        raise ValueError("report_seeds is empty: there is nothing to report")
-    shared = sorted(set(tune_seeds) & set(report_seeds))
-    if shared:
-        raise ValueError(f"report seeds must be fresh, but {shared} also tuned the rate")
-    report_kwargs = dict(report_kwargs or {})
-    fixed = sorted({"lr", "steps"} & set(report_kwargs))
-    if fixed:
-        raise ValueError(f"report_kwargs cannot set {fixed}: the report trains at the picked "
-                         f"rate with the tuning budget")
+    tune_seeds, report_seeds, report_kwargs = _fresh_report(
+        tune_seeds, report_seeds, report_kwargs, {"lr", "steps"}, "the tuning budget")
     tuned = tune(build, data, lrs, tune_seeds, select, target, **train_kwargs)
     runs = experiments.repeat(build, data, report_seeds, lr=tuned.best,
                               **{**train_kwargs, **report_kwargs})
@@ -464,9 +474,7 @@ def tune_from(starts, data, lrs, steps, batch_size=60):
     Raises:
         ValueError: data without a validation split; what ``fine_tune`` raises.
     """
-    if data.x_val is None:
-        raise ValueError("tuning needs a validation split: use data.with_validation(...) or "
-                         "a loader's n_val, so that the test split is not used for choices")
+    _require_validation(data)
     grid = experiments.fine_tune(starts, data, lrs, steps, batch_size)
     best = experiments.best(grid, _score("accuracy", None))
     return Tuned(grid, best, grid[best])
@@ -504,17 +512,12 @@ def tune_side_by_side(build, data, lrs, tune_seeds, report_seeds, steps, batch_s
             argument in ``report_kwargs``, data without a validation split; what
             :func:`tune_from` raises.
     """
-    tune_seeds, report_seeds = list(tune_seeds), list(report_seeds)
-    if not tune_seeds or not report_seeds:
-        raise ValueError("tune_seeds and report_seeds must be non-empty")
-    shared = sorted(set(tune_seeds) & set(report_seeds))
-    if shared:
-        raise ValueError(f"report seeds must be fresh, but {shared} also tuned the rate")
-    report_kwargs = dict(report_kwargs or {})
-    fixed = sorted({"lr", "steps", "batch_size", "momentum", "weight_decay"} & set(report_kwargs))
-    if fixed:
-        raise ValueError(f"report_kwargs cannot set {fixed}: the report trains at the picked "
-                         f"rate with the tuning budget and plain SGD")
+    tune_seeds, report_seeds, report_kwargs = _fresh_report(
+        tune_seeds, report_seeds, report_kwargs,
+        {"lr", "steps", "batch_size", "momentum", "weight_decay"},
+        "the tuning budget and plain SGD")
+    if not tune_seeds:
+        raise ValueError("tune_seeds is empty: there is nothing to tune with")
     starts = {}
     for seed in tune_seeds:
         training.deterministic(seed)
