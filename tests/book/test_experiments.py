@@ -334,3 +334,16 @@ def test_repeat_stacked_refuses_bad_arguments(signals):
         experiments.repeat_stacked(_rnn(None), signals, [0, 0], [0.1], steps=1)
     with pytest.raises(TypeError, match="only RecurrentClassifier"):
         experiments.repeat_stacked(lambda: models.mlp(40, [8], 10), signals, [0], [0.1], steps=1)
+
+
+def test_runs_join_keeps_every_part_in_order_and_refuses_a_repeated_seed():
+    a = experiments.Runs(seeds=[0], histories=["h0"], models=["m0"], seconds=[1.0])
+    b = experiments.Runs(seeds=[1, 2], histories=["h1", "h2"], models=["m1", "m2"],
+                         seconds=[2.0, 3.0])
+    joined = experiments.Runs.join(a, b)
+    assert joined == experiments.Runs(seeds=[0, 1, 2], histories=["h0", "h1", "h2"],
+                                      models=["m0", "m1", "m2"], seconds=[1.0, 2.0, 3.0])
+    with pytest.raises(ValueError, match="more than one part"):
+        experiments.Runs.join(a, a)
+    with pytest.raises(ValueError, match="at least one"):
+        experiments.Runs.join()
