@@ -18,7 +18,8 @@ biased variance to normalize; half-precision input is computed in float32.
 
 import torch
 
-from ._reductions import per_channel, pivot, reduce_dims, stats_dtype, sum_of_products
+from ._reductions import (as_dtype, per_channel, pivot, reduce_dims, stats_dtype,
+                          sum_of_products)
 
 
 def batch_statistics(x):
@@ -34,7 +35,7 @@ def batch_statistics(x):
     """
     dims, ndim = reduce_dims(x.dim()), x.dim()
     m = x.numel() // x.shape[1]
-    xs = x.to(stats_dtype(x.dtype))
+    xs = as_dtype(x, stats_dtype(x.dtype))
     k = pivot(xs.detach())
     shifted = xs - per_channel(k, ndim)
     shift = shifted.mean(dims)
@@ -52,8 +53,8 @@ def normalize_coefficients(var, eps, weight, bias, shift=None):
     when there is nothing to add.
     """
     invstd = torch.rsqrt(var + eps)
-    scale = invstd if weight is None else invstd * weight.to(invstd.dtype)
-    offset = None if bias is None else bias.to(scale.dtype)
+    scale = invstd if weight is None else invstd * as_dtype(weight, invstd.dtype)
+    offset = None if bias is None else as_dtype(bias, scale.dtype)
     if shift is not None:
         offset = -shift * scale if offset is None else offset - shift * scale
     return invstd, scale, offset
@@ -74,7 +75,7 @@ def backward_coefficients(sum_dy, sum_dy_c, invstd, weight, m):
 
     Returns ``a, scale, b, dgamma, dbeta``, each of shape (C,).
     """
-    scale = invstd if weight is None else invstd * weight.to(invstd.dtype)
+    scale = invstd if weight is None else invstd * as_dtype(weight, invstd.dtype)
     a = scale * invstd * invstd * sum_dy_c / -m
     b = scale * sum_dy / -m
     return a, scale, b, invstd * sum_dy_c, sum_dy
@@ -91,8 +92,8 @@ def update_running_stats(running_mean, running_var, mean, var, m, momentum):
     if running_mean is None:
         return
     with torch.no_grad():
-        running_mean.lerp_(mean.to(running_mean.dtype), momentum)
-        running_var.lerp_((var * m / (m - 1)).to(running_var.dtype), momentum)
+        running_mean.lerp_(as_dtype(mean, running_mean.dtype), momentum)
+        running_var.lerp_(as_dtype(var * m / (m - 1), running_var.dtype), momentum)
 
 
 def formula_forward(x, weight, bias, eps):
@@ -108,8 +109,8 @@ def formula_forward(x, weight, bias, eps):
 def formula_backward(x, dy, weight, mean, invstd):
     """The closed-form backward in plain out-of-place operations: ``dx, dgamma, dbeta``."""
     ndim, dims = x.dim(), reduce_dims(x.dim())
-    c = x.to(mean.dtype) - per_channel(mean, ndim)
-    dy = dy.to(mean.dtype)
+    c = as_dtype(x, mean.dtype) - per_channel(mean, ndim)
+    dy = as_dtype(dy, mean.dtype)
     a, scale, b, dgamma, dbeta = backward_coefficients(
         dy.sum(dims), sum_of_products(dy, c), invstd, weight, x.numel() // x.shape[1])
     dx = c * per_channel(a, ndim) + dy * per_channel(scale, ndim) + per_channel(b, ndim)

@@ -10,6 +10,7 @@ the variance is the **biased** one (divide by m).
 """
 
 import functools
+import math
 
 import torch
 
@@ -30,13 +31,23 @@ def reduce_dims(ndim):
 
 
 def per_channel(v, ndim):
-    """View a (C,) vector as (1, C, 1, ...) to broadcast against ``(N, C, *)``."""
-    return v.view([1, -1] + [1] * (ndim - 2))
+    """View a (C,) vector as (1, C, 1, ...) to broadcast against ``(N, C, *)``.
+
+    For (N, C) input the (C,) vector itself broadcasts so: no view (each operation costs
+    a dispatch, which is what small inputs pay for).
+    """
+    return v if ndim == 2 else v.view([1, -1] + [1] * (ndim - 2))
 
 
 def stats_dtype(dtype):
     """Statistics are accumulated in float32 for half-precision input."""
     return torch.float32 if dtype in HALF else dtype
+
+
+def as_dtype(t, dtype):
+    """``t.to(dtype)``, without a call when t already has that dtype (a call that does
+    nothing still costs a dispatch)."""
+    return t if t.dtype == dtype else t.to(dtype)
 
 
 @functools.lru_cache(maxsize=256)
@@ -90,7 +101,7 @@ def blocks(x):
     reproducible.
     """
     n = x.shape[0]
-    per_sample = max(x[0].numel() * x.element_size(), 1) if n else 1
+    per_sample = max(math.prod(x.shape[1:]) * x.element_size(), 1)
     if x.device.type != "cpu" or n * per_sample <= 2 * BLOCK_BYTES:
         return [slice(None)]
     step = max(1, BLOCK_BYTES // per_sample)
@@ -112,7 +123,7 @@ def pivot(xs):
     inf or NaN among those samples) is replaced by 0, so that an inf gives its channel mean
     inf and variance NaN, as torch's kernel does, instead of inf - inf everywhere.
     """
-    spatial = xs[0, 0].numel()
-    k = min(xs.shape[0], -(-PIVOT_VALUES // max(spatial, 1)))
-    p = xs[:k].mean(reduce_dims(xs.dim()), dtype=stats_dtype(xs.dtype))
+    n, spatial = xs.shape[0], math.prod(xs.shape[2:])
+    k = min(n, -(-PIVOT_VALUES // max(spatial, 1)))
+    p = (xs if k == n else xs[:k]).mean(reduce_dims(xs.dim()), dtype=stats_dtype(xs.dtype))
     return torch.nan_to_num_(p, nan=0.0, posinf=0.0, neginf=0.0)

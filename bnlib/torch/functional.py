@@ -34,7 +34,7 @@ from .. import _checks
 from . import _kernels
 from ._formulas import (batch_statistics, formula_backward, formula_forward,
                         normalize_coefficients, update_running_stats)
-from ._reductions import HALF, per_channel, stats_dtype
+from ._reductions import HALF, as_dtype, per_channel, stats_dtype
 
 __all__ = ["batch_norm", "check_arguments"]
 
@@ -53,7 +53,7 @@ def _forward(x, weight, bias, eps):
     """The training forward: the fast kernels in plain eager execution, else the formulas."""
     run = _kernels.forward if _eager(x) else formula_forward
     y, mean, var, invstd = run(x, weight, bias, eps)
-    return y.to(x.dtype), mean, var, invstd
+    return as_dtype(y, x.dtype), mean, var, invstd
 
 
 def _save(ctx, inputs, output):
@@ -80,9 +80,9 @@ def _backward(ctx, dy, _dmean, _dvar, _dinvstd):
         dx, dgamma, dbeta = _kernels.backward(x, dy, weight, mean, invstd)
     else:
         dx, dgamma, dbeta = formula_backward(x, dy, weight, mean, invstd)
-    dweight = dgamma.to(weight.dtype) if ctx.needs_input_grad[1] else None
-    dbias = dbeta.to(ctx.bias_dtype) if ctx.needs_input_grad[2] else None
-    return dx.to(x.dtype), dweight, dbias, None
+    dweight = as_dtype(dgamma, weight.dtype) if ctx.needs_input_grad[1] else None
+    dbias = as_dtype(dbeta, ctx.bias_dtype) if ctx.needs_input_grad[2] else None
+    return as_dtype(dx, x.dtype), dweight, dbias, None
 
 
 class _BatchNormFunction(torch.autograd.Function):
@@ -204,10 +204,10 @@ def _normalize_fixed(x, mean, var, weight, bias, eps):
     allocations.
     """
     dtype, ndim = stats_dtype(x.dtype), x.dim()
-    _, scale, offset = normalize_coefficients(var.to(dtype), eps, weight, bias)
+    _, scale, offset = normalize_coefficients(as_dtype(var, dtype), eps, weight, bias)
     # Subtract the mean before scaling: x * scale + (bias - mean * scale) loses digits when
     # the mean is large.
-    y = x.to(dtype) - per_channel(mean.to(dtype), ndim)
+    y = as_dtype(x, dtype) - per_channel(as_dtype(mean, dtype), ndim)
     tracked = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x, weight, bias))
     if tracked or not _eager(x):
@@ -218,7 +218,7 @@ def _normalize_fixed(x, mean, var, weight, bias, eps):
         y.mul_(per_channel(scale, ndim))
         if offset is not None:
             y.add_(per_channel(offset, ndim))
-    return y.to(x.dtype)
+    return as_dtype(y, x.dtype)
 
 
 def _memory_format(x):

@@ -139,3 +139,26 @@ def test_float32_error_of_the_fast_route_stays_at_rounding_level(offset):
                                                                (x, dy, weight, bias)))
     for g, w, what in zip(got, want, ("y", "dx", "dweight", "dbias")):
         assert rel_err(g.double(), w) < 5e-6, (what, rel_err(g.double(), w))
+
+
+@pytest.mark.parametrize("shape,channels_last,fused", [
+    ((50, 7), False, True),          # (N, C): the channel is the innermost dim
+    ((6, 7, 5, 4), True, True),      # channels-last: the same
+    ((6, 7, 5, 4), False, False),    # (N, C, H, W): two passes (addcmul would not vectorize)
+])
+def test_the_affine_step_fuses_where_the_channel_is_the_innermost_dim(shape, channels_last,
+                                                                      fused):
+    gen = torch.Generator().manual_seed(2)
+    c = torch.randn(shape, generator=gen)
+    if channels_last:
+        c = c.contiguous(memory_format=torch.channels_last)
+    scale, offset = (_reductions.per_channel(torch.randn(7, generator=gen), c.dim())
+                     for _ in range(2))
+    got = _kernels._affine_in_place(c.clone(memory_format=torch.preserve_format), scale, offset)
+    two_ops = c * scale + offset
+    assert rel_err(got.double(), c.double() * scale.double() + offset.double()) < 1e-6
+    # Which route ran shows in the rounding: addcmul rounds once where the CPU fuses
+    # multiply and add, mul_ then add_ twice.
+    assert torch.equal(got, torch.addcmul(offset, c, scale) if fused else two_ops)
+    assert got.stride() == c.stride()
+    assert torch.equal(_kernels._affine_in_place(c.clone(), scale, None), c * scale)
