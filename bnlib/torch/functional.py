@@ -64,10 +64,15 @@ def _save(ctx, inputs, output):
     ctx.eps = eps
     ctx.bias_dtype = None if bias is None else bias.dtype
     ctx.mark_non_differentiable(mean, var, invstd)
+    # Their gradients reach the backward as None instead of three tensors of zeros, which
+    # autograd would otherwise allocate on every call.
+    ctx.set_materialize_grads(False)
 
 
 def _backward(ctx, dy, _dmean, _dvar, _dinvstd):
     """dx, dweight, dbias, None (for eps) by the closed form."""
+    if dy is None:  # no gradient reached y (grads are not materialized): all are zero
+        return None, None, None, None
     x, weight, mean, invstd = ctx.saved_tensors
     if torch.is_grad_enabled():
         # A graph of the backward is requested (double backward, torch.func): rebuild mean
