@@ -23,6 +23,8 @@ Examples::
 """
 
 import argparse
+import ctypes
+import ctypes.util
 import glob
 import json
 import os
@@ -39,8 +41,9 @@ from bnlib import numpy as bnp
 from bnlib import torch as bnt
 from bnlib.torch.compiled import batch_norm_compiled
 
-__all__ = ["bench_shape", "format_table", "interleaved_times", "last_level_cache_bytes", "main",
-           "numpy_peak_bytes", "saved_bytes", "torch_implementations"]
+__all__ = ["bench_shape", "format_table", "interleaved_times", "keep_freed_memory",
+           "last_level_cache_bytes", "main", "numpy_peak_bytes", "saved_bytes",
+           "torch_implementations"]
 
 STANDARD_SHAPES = [(256, 1024), (64, 64, 32, 32), (32, 256, 14, 14)]
 QUICK_SHAPES = [(64, 256), (8, 16, 16, 16)]
@@ -113,6 +116,32 @@ def last_level_cache_bytes(device=None, default=DEFAULT_CACHE_BYTES):
         if kind in ("Data", "Unified") and size and (best is None or level > best[0]):
             best = (level, size)
     return best[1] if best else default
+
+
+def keep_freed_memory():
+    """Make glibc's malloc keep the memory this process frees; True where that worked.
+
+    By default glibc returns freed memory to the operating system: it maps every block
+    above a threshold separately and unmaps it when freed, and trims the top of its heap.
+    The next allocation of that size then costs a page fault on every 4 KiB page it
+    touches, which on a CPU can take longer than batch norm's own arithmetic (about 0.5 ms
+    for 1 MiB on the machine that builds the book), and whether a given call pays it
+    depends on the order of the allocations before it. With ``M_MMAP_MAX = 0`` (no
+    separately mapped blocks) and the largest ``M_TRIM_THRESHOLD`` (never trim), freed memory
+    is reused and the timings measure the kernels, not the allocator.
+
+    Process-wide and not undone. Returns False (and changes nothing) where the C library is
+    not glibc (macOS, Windows, musl).
+    """
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    except (OSError, TypeError):
+        return False
+    mallopt = getattr(libc, "mallopt", None)
+    if mallopt is None or not hasattr(libc, "gnu_get_libc_version"):
+        return False
+    m_mmap_max, m_trim_threshold = -4, -1  # glibc's <malloc.h>
+    return mallopt(m_mmap_max, 0) == 1 and mallopt(m_trim_threshold, 2**31 - 1) == 1
 
 
 def _copy_bytes(device):
@@ -366,17 +395,24 @@ def main(argv=None):
     parser.add_argument("--compile", action="store_true",
                         help="also time bnlib's opt-in compiled path and torch.compile of plain "
                              "ops (the first call per shape compiles: seconds)")
+    parser.add_argument("--keep-freed-memory", action="store_true",
+                        help="keep freed memory in this process (glibc), so that no call pays "
+                             "page faults for memory the allocator returned to the system")
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     args = parser.parse_args(argv)
 
+    kept = keep_freed_memory() if args.keep_freed_memory else False
+    if args.keep_freed_memory and not kept:
+        print("--keep-freed-memory: not available here (the C library is not glibc)")
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     shapes = args.shape or (QUICK_SHAPES if args.quick else STANDARD_SHAPES)
     samples, warmup = (5, 1) if args.quick else (args.samples, args.warmup)
     results = {"torch": torch.__version__, "threads": args.threads, "samples": samples,
-               "shapes": []}
+               "freed_memory_kept": kept, "shapes": []}
     print(f"bnlib benchmark: torch {torch.__version__}, {args.threads} thread(s), "
-          f"{samples} interleaved samples; ratios are median (min-max) of time / native")
+          f"{samples} interleaved samples; ratios are median (min-max) of time / native"
+          + ("; freed memory kept (no page faults from the allocator)" if kept else ""))
     for shape in shapes:
         result = bench_shape(shape, DTYPES[args.dtype], device, samples, warmup, args.compile)
         results["shapes"].append(result)
