@@ -55,8 +55,9 @@ def normalize_coefficients(var, eps, weight, bias, shift=None):
     invstd = torch.rsqrt(var + eps)
     scale = invstd if weight is None else invstd * as_dtype(weight, invstd.dtype)
     offset = None if bias is None else as_dtype(bias, scale.dtype)
-    if shift is not None:
-        offset = -shift * scale if offset is None else offset - shift * scale
+    if shift is not None:  # addcmul: one operation (each costs a dispatch)
+        offset = -shift * scale if offset is None else torch.addcmul(offset, shift, scale,
+                                                                     value=-1)
     return invstd, scale, offset
 
 
@@ -68,17 +69,16 @@ def backward_coefficients(sum_dy, sum_dy_c, invstd, weight, m):
         dx = scale * (dy - mean(dy) - xhat * mean(dy * xhat)),
 
     because the batch mean and variance depend on every input, which removes the mean and
-    the projection onto xhat; so ``a = -scale * invstd^2 * sum(dy * c) / m`` and
-    ``b = -scale * sum(dy) / m``. Also ``dgamma = invstd * sum(dy * c)`` and
-    ``dbeta = sum(dy)``. The sums may come from one process or be added over several
-    (synchronized batch norm), with m the total count.
+    the projection onto xhat. With ``dgamma = invstd * sum(dy * c)`` and
+    ``dbeta = sum(dy)``: ``a = -scale * invstd^2 * sum(dy * c) / m = -scale * invstd *
+    dgamma / m`` and ``b = -scale * sum(dy) / m``. The sums may come from one process or be
+    added over several (synchronized batch norm), with m the total count.
 
     Returns ``a, scale, b, dgamma, dbeta``, each of shape (C,).
     """
     scale = invstd if weight is None else invstd * as_dtype(weight, invstd.dtype)
-    a = scale * invstd * invstd * sum_dy_c / -m
-    b = scale * sum_dy / -m
-    return a, scale, b, invstd * sum_dy_c, sum_dy
+    dgamma = invstd * sum_dy_c
+    return scale * invstd * dgamma / -m, scale, scale * sum_dy / -m, dgamma, sum_dy
 
 
 def update_running_stats(running_mean, running_var, mean, var, m, momentum):

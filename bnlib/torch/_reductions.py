@@ -125,5 +125,7 @@ def pivot(xs):
     """
     n, spatial = xs.shape[0], math.prod(xs.shape[2:])
     k = min(n, -(-PIVOT_VALUES // max(spatial, 1)))
-    p = (xs if k == n else xs[:k]).mean(reduce_dims(xs.dim()), dtype=stats_dtype(xs.dtype))
+    first, dims = (xs if k == n else xs[:k]), reduce_dims(xs.dim())
+    # (mean with a dtype argument costs a conversion step even when nothing converts)
+    p = first.mean(dims, dtype=torch.float32) if xs.dtype in HALF else first.mean(dims)
     return torch.nan_to_num_(p, nan=0.0, posinf=0.0, neginf=0.0)

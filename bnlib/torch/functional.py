@@ -193,12 +193,30 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     elif input.numel() == 0:  # an empty batch: an empty output and nothing to update, as in torch
         y = input.clone()
     else:
-        function = _BatchNormFunction if _eager(input) else _BatchNormFunctionForTransforms
-        y, mean, var, _ = function.apply(input, weight, bias, eps)
+        y, mean, var, _ = _train_forward(input, weight, bias, eps)
         update_running_stats(running_mean, running_var, mean, var,
                              input.numel() // input.shape[1], momentum)
     layout = _memory_format(input)
     return y if y.is_contiguous(memory_format=layout) else y.contiguous(memory_format=layout)
+
+
+def _tracked(*tensors):
+    """True when autograd records operations on any of these tensors (None allowed)."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def _train_forward(x, weight, bias, eps):
+    """The training forward: ``y, mean, var, invstd``.
+
+    Through an ``autograd.Function`` where a gradient may be asked for; with nothing to
+    differentiate (inference, ``torch.no_grad``, recomputing statistics) the kernels run
+    directly, without the bookkeeping of a graph node.
+    """
+    if not _eager(x):
+        return _BatchNormFunctionForTransforms.apply(x, weight, bias, eps)
+    if _tracked(x, weight, bias):
+        return _BatchNormFunction.apply(x, weight, bias, eps)
+    return _forward(x, weight, bias, eps)
 
 
 def _normalize_fixed(x, mean, var, weight, bias, eps):
@@ -213,9 +231,7 @@ def _normalize_fixed(x, mean, var, weight, bias, eps):
     # Subtract the mean before scaling: x * scale + (bias - mean * scale) loses digits when
     # the mean is large.
     y = as_dtype(x, dtype) - per_channel(as_dtype(mean, dtype), ndim)
-    tracked = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (x, weight, bias))
-    if tracked or not _eager(x):
+    if _tracked(x, weight, bias) or not _eager(x):
         y = y * per_channel(scale, ndim)
         if offset is not None:
             y = y + per_channel(offset, ndim)
