@@ -41,12 +41,20 @@ __all__ = ["batch_norm", "check_arguments"]
 _functorch_active = getattr(torch._C, "_are_functorch_transforms_active", lambda: False)
 
 
+def _forward_ad_active():
+    """True inside ``torch.autograd.forward_ad.dual_level()``, where tensors may carry
+    tangents (forward-mode AD), which ``out=`` operations cannot propagate."""
+    return getattr(torch.autograd.forward_ad, "_current_level", -1) >= 0
+
+
 def _eager(x):
     """True in plain eager execution on a plain tensor, where the fast kernels (in-place
     updates, ``out=`` buffers, a value read back to the host) may run. False under
-    ``torch.compile``/``torch.export``, ``torch.jit.trace`` and ``torch.func`` transforms."""
+    ``torch.compile``/``torch.export``, ``torch.jit.trace``, ``torch.func`` transforms and
+    forward-mode AD."""
     return (type(x) in (torch.Tensor, torch.nn.Parameter) and not torch.compiler.is_compiling()
-            and not torch.jit.is_tracing() and not _functorch_active())
+            and not torch.jit.is_tracing() and not _functorch_active()
+            and not _forward_ad_active())
 
 
 def _forward(x, weight, bias, eps):
@@ -208,14 +216,17 @@ def _tracked(*tensors):
 def _train_forward(x, weight, bias, eps):
     """The training forward: ``y, mean, var, invstd``.
 
-    Through an ``autograd.Function`` where a gradient may be asked for; with nothing to
-    differentiate (inference, ``torch.no_grad``, recomputing statistics) the kernels run
-    directly, without the bookkeeping of a graph node.
+    Through an ``autograd.Function`` (the closed-form backward) where autograd records
+    operations; otherwise directly, without the bookkeeping of a graph node: the kernels in
+    plain eager execution (inference, ``torch.no_grad``, recomputing statistics), the
+    formulas as plain operations elsewhere, which ``vmap`` and compilers follow like any
+    other. Under forward-mode AD (dual tensors, ``torch.func.jvp``) the formulas run as plain
+    operations in every case: the Function has no forward-mode rule, and autograd derives
+    both modes from the plain operations.
     """
-    if not _eager(x):
-        return _BatchNormFunctionForTransforms.apply(x, weight, bias, eps)
-    if _tracked(x, weight, bias):
-        return _BatchNormFunction.apply(x, weight, bias, eps)
+    if _tracked(x, weight, bias) and not _forward_ad_active():
+        function = _BatchNormFunction if _eager(x) else _BatchNormFunctionForTransforms
+        return function.apply(x, weight, bias, eps)
     return _forward(x, weight, bias, eps)
 
 

@@ -294,3 +294,26 @@ def test_a_channels_last_input_gives_a_channels_last_output_as_torch(training):
     y = ours(x)
     assert y.is_contiguous(memory_format=torch.channels_last)
     assert torch.allclose(y, theirs(x), rtol=1e-10, atol=1e-12)
+
+
+# torch's own make_dual compiles a helper with torch.jit.script, which torch 2.13 deprecates.
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+def test_forward_mode_ad_in_training_matches_torch():
+    """Dual tensors and torch.func.jvp: the formulas run as plain operations, which forward
+    mode follows (torch.nn's kernel has its own rule); the running statistics too."""
+    import torch.autograd.forward_ad as fwAD
+
+    x, t = _x(), _x(seed=2)
+    ours, theirs = _pair()
+    tangents = []
+    for model in (ours, theirs):
+        with fwAD.dual_level():
+            tangents.append(fwAD.unpack_dual(model(fwAD.make_dual(x, t))).tangent)
+    assert tangents[0] is not None
+    assert torch.allclose(*tangents, rtol=1e-10, atol=1e-12)
+    _assert_same_state(ours, theirs)
+    ours, theirs = _pair(track_running_stats=False)
+    (y_ours, jvp_ours), (y_theirs, jvp_theirs) = (torch.func.jvp(m, (x,), (t,))
+                                                  for m in (ours, theirs))
+    assert torch.allclose(y_ours, y_theirs, rtol=1e-10, atol=1e-12)
+    assert torch.allclose(jvp_ours, jvp_theirs, rtol=1e-10, atol=1e-12)
