@@ -87,11 +87,13 @@ def update_running_stats(running_mean, running_var, mean, var, m, momentum):
     ``var`` is the biased variance of m values per channel; ``running_var`` stores
     ``var * m / (m - 1)``. ``momentum`` is a number in [0, 1] or a 0-d tensor (a module's
     ``1 / num_batches_tracked`` for ``momentum=None``). Does nothing without running
-    statistics (both None).
+    statistics (both None). The buffers stay plain tensors: no graph (``no_grad``) and no
+    tangent of forward-mode AD (``detach``, which ``no_grad`` does not cover).
     """
     if running_mean is None:
         return
     with torch.no_grad():
+        mean, var = mean.detach(), var.detach()
         running_mean.lerp_(as_dtype(mean, running_mean.dtype), momentum)
         running_var.lerp_(as_dtype(var * m / (m - 1), running_var.dtype), momentum)
 

@@ -78,10 +78,12 @@ def forward(x, weight, bias, eps, two_pass=False):
     ``c = x - K`` (K near the mean, :func:`._reductions.pivot`) is written into the output
     buffer; one pass sums c and one sums c ** 2: ``shift = mean(c)``,
     ``var = mean(c^2) - shift^2``, ``mean = K + shift``. Then
-    ``y = c * scale + (bias - shift * scale)`` in place (one ``addcmul``). Four passes over
-    memory (two more where the sum of squares has to square c in place, see
-    :func:`_squares_in_place`) and no allocation but the output: a fresh input-sized
-    temporary costs more than its arithmetic (the first touch of each of its pages).
+    ``y = c * scale + (bias - shift * scale)`` in place (:func:`_affine_in_place`). No
+    allocation but the output (a fresh input-sized temporary costs more than its arithmetic:
+    the first touch of each of its pages), and on a CPU five passes over memory where the
+    sum of squares has a row-norm route (contiguous input with spatial dims: subtract, sum,
+    row norms, scale, shift), six for (N, C) and channels-last input (c squared in place,
+    summed and computed again, see :func:`_squares_in_place`; scale and shift in one pass).
 
     Small inputs (up to BLOCK_BYTES), where the count of operations sets the time, take the
     two-pass route directly.
@@ -129,8 +131,9 @@ def backward(x, dy, weight, mean, invstd):
     """dx, dgamma, dbeta of :func:`forward`, by the closed form.
 
     With c = x - mean, the two sums ``sum(dy)`` and ``sum(dy * c)`` give every coefficient
-    (:func:`._formulas.backward_coefficients`): ``dx = c * a + b + dy * scale``, two
-    ``addcmul`` passes.
+    (:func:`._formulas.backward_coefficients`): ``dx = c * a + b + dy * scale``, in two
+    passes where the channel is the innermost dim and three elsewhere
+    (:func:`_affine_in_place`, then ``addcmul_``).
 
     torch has no fused multiply-and-reduce for sum(dy * c), and an input-sized temporary for
     the product costs more than its arithmetic. So sweep 1 walks over cache-sized blocks

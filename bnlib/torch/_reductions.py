@@ -82,7 +82,14 @@ def sum_of_products(a, b):
     torch has no fused multiply-and-reduce for this layout: ``linalg.vecdot`` writes the
     product to a temporary and sums it. Callers keep that temporary small by passing blocks
     (see :func:`blocks`).
+
+    Computed in the inputs' dtype under ``torch.autocast`` too: autocast counts ``vecdot``
+    among the matrix products it runs in float16/bfloat16, which would round the variance
+    and the backward's sums to 8 or 11 bits.
     """
+    if torch.is_autocast_enabled(a.device.type):
+        with torch.autocast(a.device.type, enabled=False):
+            return sum_of_products(a, b)
     if a.dim() == 2:
         return torch.linalg.vecdot(a, b, dim=0)
     if a.is_contiguous() and b.is_contiguous():

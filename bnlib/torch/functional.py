@@ -3,13 +3,14 @@
 The formulas (statistics, normalization, closed-form backward, running update) live once in
 :mod:`._formulas`; this module checks the arguments and chooses how to run them.
 
-Training mode runs an ``autograd.Function`` (:class:`_BatchNormFunction`). In plain eager
-execution its forward and backward are the memory-lean kernels of :mod:`._kernels` (which
-compute the same sums with fewer passes and no input-sized temporaries, then call the
-coefficient functions). Under ``torch.compile``/``torch.export``, ``torch.jit.trace`` and
-``torch.func`` transforms, and whenever a graph of the backward is requested (double
-backward), the same formulas run as plain out-of-place operations, which those tools can
-trace, batch and differentiate. Eval mode is a fixed per-channel affine map.
+Training mode runs an ``autograd.Function`` (:class:`_BatchNormFunction`) when autograd
+records operations, and the same forward directly when nothing needs a gradient. In plain
+eager execution the forward and backward are the memory-lean kernels of :mod:`._kernels`
+(which compute the same sums with fewer passes and no input-sized temporaries, then call the
+coefficient functions). Under ``torch.compile``/``torch.export``, ``torch.jit.trace``,
+``torch.func`` transforms and forward-mode AD, and whenever a graph of the backward is
+requested (double backward), the same formulas run as plain out-of-place operations, which
+those tools can trace, batch and differentiate. Eval mode is a fixed per-channel affine map.
 
 Conventions (identical to ``torch.nn.functional.batch_norm``):
 

@@ -65,3 +65,24 @@ def test_float16_statistics_do_not_overflow():
     assert torch.isfinite(y).all()
     ref = torch.nn.functional.batch_norm(x.double(), None, None, training=True)
     assert (y.double() - ref).abs().max() < 0.01
+
+
+@pytest.mark.parametrize("shape", [(8, 4), (8, 4, 5), (4, 3, 4, 4)])
+def test_autocast_does_not_round_the_statistics(shape, device):
+    """Under torch.autocast (bfloat16 on a CPU, float16 on a GPU) float32 input is normalized
+    in float32, as by torch's kernel: autocast would otherwise run the sums of products
+    (linalg.vecdot, a matrix product to it) in half precision."""
+    half = torch.bfloat16 if device == "cpu" else torch.float16
+    gen = torch.Generator().manual_seed(3)
+    x = (torch.randn(shape, generator=gen) * 3 + 1).to(device).requires_grad_()
+    dy = torch.randn(shape, generator=gen).to(device)
+    w = torch.rand(shape[1], generator=gen).add(0.5).to(device).requires_grad_()
+    with torch.autocast(device, dtype=half):
+        y = bnt.batch_norm(x, None, None, w, None, training=True)
+        y.backward(dy)  # the backward inside the region too
+    xd, wd = (t.detach().double().requires_grad_() for t in (x, w))
+    ref = torch.nn.functional.batch_norm(xd, None, None, wd, None, training=True)
+    ref.backward(dy.double())
+    assert y.dtype == torch.float32
+    for got, want in ((y, ref), (x.grad, xd.grad), (w.grad, wd.grad)):
+        assert (got.double() - want).abs().max() < 1e-5 * want.abs().max()

@@ -312,6 +312,14 @@ def test_forward_mode_ad_in_training_matches_torch():
     assert tangents[0] is not None
     assert torch.allclose(*tangents, rtol=1e-10, atol=1e-12)
     _assert_same_state(ours, theirs)
+    # The running statistics take no tangent: eval mode in the same dual level, right after
+    # a training step, sees the tangent of its input only.
+    for model in (ours, theirs):
+        with fwAD.dual_level():
+            model.train()(fwAD.make_dual(x, t))
+            assert all(fwAD.unpack_dual(b).tangent is None for b in model.buffers())
+            tangents.append(fwAD.unpack_dual(model.eval()(fwAD.make_dual(x, t))).tangent)
+    assert torch.allclose(*tangents[2:], rtol=1e-10, atol=1e-12)
     ours, theirs = _pair(track_running_stats=False)
     (y_ours, jvp_ours), (y_theirs, jvp_theirs) = (torch.func.jvp(m, (x,), (t,))
                                                   for m in (ours, theirs))
