@@ -144,22 +144,37 @@ def cases_for(entry):
     return [c for c in CASES if c.entry == entry]
 
 
+def _offset_data(offset, shape, seed, std=1.0, integers=False):
+    """``offset + std * z`` drawn in float64 (z standard normal, rounded to whole numbers when
+    ``integers``), and the same data stored in float32."""
+    data = torch.randn(shape, generator=torch.Generator().manual_seed(seed),
+                       dtype=torch.float64) * std
+    if integers:
+        data = data.round()
+    data = data + offset
+    return data, data.float()
+
+
+def _training_outputs(x):
+    """Training-mode batch norm of float32 ``x`` by torch, bnlib.torch and bnlib.numpy."""
+    return {"torch": F.batch_norm(x, None, None, training=True),
+            "bnt": bnt.batch_norm(x, None, None, training=True),
+            "bnp": torch.as_tensor(bnp.batch_norm_forward(x.numpy())[0])}
+
+
+def _max_error(y, reference):
+    return float((y.double() - reference).abs().max())
+
+
 def float32_offset_errors(offset, shape=(32, 3, 16, 16), seed=0):
     """``max |y - y_float64|`` of float32 batch norm on N(offset, 1) data, for torch and bnlib.
 
     The reference normalizes the same float32 values in float64. Returns a dict with keys
     ``"torch"`` (``torch.nn.functional.batch_norm``), ``"bnt"`` and ``"bnp"``.
     """
-    gen = torch.Generator().manual_seed(seed)
-    x = (torch.randn(shape, generator=gen, dtype=torch.float64) + offset).float()
+    _, x = _offset_data(offset, shape, seed)
     ref = F.batch_norm(x.double(), None, None, training=True)
-
-    def err(y):
-        return float((torch.as_tensor(y).double() - ref).abs().max())
-
-    return {"torch": err(F.batch_norm(x, None, None, training=True)),
-            "bnt": err(bnt.batch_norm(x, None, None, training=True)),
-            "bnp": err(bnp.batch_norm_forward(x.numpy())[0])}
+    return {name: _max_error(y, ref) for name, y in _training_outputs(x).items()}
 
 
 def float32_offset_errors_true(offset, shape=(32, 3, 16, 16), seed=0, std=1.0, integers=False):
@@ -192,31 +207,21 @@ def float32_offset_errors_true(offset, shape=(32, 3, 16, 16), seed=0, std=1.0, i
       what its statistics lose;
     - ``"torch_formula"``: torch's output minus that: what its output formula loses.
     """
-    gen = torch.Generator().manual_seed(seed)
-    data = torch.randn(shape, generator=gen, dtype=torch.float64) * std
-    if integers:
-        data = data.round()
-    data = data + offset
-    x = data.float()
+    data, x = _offset_data(offset, shape, seed, std, integers)
     dims = [0] + list(range(2, len(shape)))
     view = [1, -1] + [1] * (len(shape) - 2)
     true = F.batch_norm(data, None, None, training=True)
     ref = F.batch_norm(x.double(), None, None, training=True)
-
-    def err(y, against=true):
-        return float((torch.as_tensor(y).double() - against).abs().max())
-
     y_torch, mean, invstd = torch.native_batch_norm(x, None, None, None, None, True, 0.1, 1e-5)
     y_stats = (x.double() - mean.double().view(view)) * invstd.double().view(view)
     running = (data.mean(dims).float(), data.var(dims, unbiased=False).float())
-    return {"input": err(ref),
-            "torch": err(F.batch_norm(x, None, None, training=True)),
-            "bnt": err(bnt.batch_norm(x, None, None, training=True)),
-            "bnp": err(bnp.batch_norm_forward(x.numpy())[0]),
-            "torch_eval": err(F.batch_norm(x, *running, training=False)),
-            "bnt_eval": err(bnt.batch_norm(x, *running, training=False)),
-            "torch_statistics": err(y_stats, ref),
-            "torch_formula": err(y_torch, y_stats)}
+    errors = {"input": _max_error(ref, true)}
+    errors.update({name: _max_error(y, true) for name, y in _training_outputs(x).items()})
+    errors.update({"torch_eval": _max_error(F.batch_norm(x, *running, training=False), true),
+                   "bnt_eval": _max_error(bnt.batch_norm(x, *running, training=False), true),
+                   "torch_statistics": _max_error(y_stats, ref),
+                   "torch_formula": _max_error(y_torch, y_stats)})
+    return errors
 
 
 # ---------------------------------------------------------------------------------------------
