@@ -37,7 +37,7 @@ from . import experiments, training
 
 __all__ = ["VERDICTS", "Comparison", "Interval", "Tuned", "combine", "compare", "compare_test",
            "interval", "non_inferiority", "paired_mean_resolution", "paired_resolution",
-           "pick", "resolution", "tune",
+           "pick", "points", "resolution", "tune",
            "tune_arms", "tune_from", "tune_side_by_side", "tune_stacked", "tune_then_report",
            "verdict"]
 
@@ -89,6 +89,12 @@ def interval(values):
         return Interval(mean, -math.inf, math.inf, 1)
     half = float(stats.t.ppf(0.5 + LEVEL / 2, a.size - 1) * a.std(ddof=1) / math.sqrt(a.size))
     return Interval(mean, mean - half, mean + half, int(a.size))
+
+
+def points(accuracies):
+    """Accuracies over seeds (fractions) as ``"96.3 ± 1.2"``: the mean in percentage points and
+    the half-width of its 95 % interval, to the 0.1 point such intervals support."""
+    return interval(100 * np.asarray(accuracies, dtype=float)).format(1)
 
 
 def resolution(accuracy, n):

@@ -22,6 +22,13 @@ def test_interval_is_the_t_interval_of_the_mean():
     assert iv.format(3) == f"{np.mean(values):.3f} ± {half:.3f}"
 
 
+def test_points_formats_accuracies_in_percentage_points():
+    values = [0.90, 0.92, 0.91, 0.95, 0.93]
+    half = stats.t.ppf(0.975, 4) * np.std(values, ddof=1) / math.sqrt(5)
+    assert protocol.points(values) == f"{100 * np.mean(values):.1f} ± {100 * half:.1f}"
+    assert protocol.points(np.array([0.5, 0.5])) == "50.0 ± 0.0"
+
+
 def test_one_value_has_no_interval_and_bad_values_are_refused():
     assert protocol.interval([0.5])[1:3] == (-math.inf, math.inf)
     for bad in ([], [0.1, float("nan")], [float("inf"), 0.2]):
