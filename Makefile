@@ -2,7 +2,8 @@
 #   make book   set up .venv, build the site into _build/html
 #   make test   set up .venv, run bnlib's tests, execute every notebook (nbval), build the site
 #               strictly, and check it in headless Chromium
-# Both are idempotent: .venv is only (re)installed when requirements.txt or pyproject.toml change.
+# Both are idempotent: .venv is only (re)installed when requirements.txt, pyproject.toml,
+# setup.py or the compiled loops' source (bnlib/torch/_fused.cpp) change.
 
 PYTHON ?= python3
 VENV := .venv
@@ -22,7 +23,7 @@ IPYTHON_NOISE := _build/ipython/noise
 
 setup: $(STAMP)
 
-$(STAMP): requirements.txt pyproject.toml
+$(STAMP): requirements.txt pyproject.toml setup.py bnlib/torch/_fused.cpp
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
 		{ echo "Python 3.11 or newer is needed (found: $$($(PYTHON) --version 2>&1))."; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

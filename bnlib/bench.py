@@ -409,10 +409,14 @@ def main(argv=None):
     shapes = args.shape or (QUICK_SHAPES if args.quick else STANDARD_SHAPES)
     samples, warmup = (5, 1) if args.quick else (args.samples, args.warmup)
     results = {"torch": torch.__version__, "threads": args.threads, "samples": samples,
+               "fused_loops": bnt.fused_loops_available(),
                "freed_memory_kept": kept, "shapes": []}
     print(f"bnlib benchmark: torch {torch.__version__}, {args.threads} thread(s), "
           f"{samples} interleaved samples; ratios are median (min-max) of time / native"
           + ("; freed memory kept (no page faults from the allocator)" if kept else ""))
+    print("bnlib.torch's CPU training route: " + ("compiled loops (bnlib/torch/_fused.cpp)"
+          if bnt.fused_loops_available() else "torch operations (the compiled loops were "
+          "not built: no C++ compiler at install)"))
     for shape in shapes:
         result = bench_shape(shape, DTYPES[args.dtype], device, samples, warmup, args.compile)
         results["shapes"].append(result)

@@ -36,3 +36,24 @@ def no_leftover_processes():
     """Fails the test if a child process outlives it (tests that spawn processes use it)."""
     yield
     assert multiprocessing.active_children() == []
+
+
+def _use_fused_loops(monkeypatch, on):
+    from bnlib.torch import _fused_kernels
+    if on and not _fused_kernels.available():
+        pytest.skip("bnlib.torch's fused loops were not built (no C++ compiler at install)")
+    monkeypatch.setattr(_fused_kernels, "enabled", on)
+
+
+@pytest.fixture(params=["fused loops", "torch operations"])
+def cpu_route(request, monkeypatch):
+    """Run the test on both CPU routes of bnlib.torch's training mode: the compiled loops
+    (bnlib/torch/_fused.cpp) and the kernels of torch operations (bnlib/torch/_kernels.py)."""
+    _use_fused_loops(monkeypatch, request.param == "fused loops")
+    return request.param
+
+
+@pytest.fixture
+def torch_operations_route(monkeypatch):
+    """Only the kernels of torch operations (the route without the compiled loops)."""
+    _use_fused_loops(monkeypatch, False)

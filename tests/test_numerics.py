@@ -9,6 +9,7 @@ from bnlib import torch as bnt
 from bnlib.book.edge_cases import float32_offset_errors
 
 
+@pytest.mark.usefixtures("cpu_route")
 @pytest.mark.parametrize("offset", [1e4, 1e6, 1e8])
 def test_large_offsets_lose_no_more_than_torch_and_stay_below_1e_4(offset):
     errors = float32_offset_errors(offset)
@@ -17,6 +18,7 @@ def test_large_offsets_lose_no_more_than_torch_and_stay_below_1e_4(offset):
         assert errors[ours] <= errors["torch"], errors
 
 
+@pytest.mark.usefixtures("cpu_route")
 def test_a_constant_channel_of_1e8_normalizes_to_zero():
     x = torch.full((1000, 1), 1e8)
     assert bnt.batch_norm(x, None, None, training=True).abs().max() == 0
@@ -32,6 +34,7 @@ def test_numpy_float16_input_uses_float32_statistics_and_keeps_float16():
     assert np.abs(y.astype(np.float64) - ref).max() < 5e-3
 
 
+@pytest.mark.usefixtures("cpu_route")
 @pytest.mark.parametrize("offset", [1e4, 1e6, 1e8])
 def test_large_offsets_normalize_to_mean_0_per_channel_like_float64(offset):
     """At 1e8 float32 values are 8 apart: the variance of the stored data is what it is, but

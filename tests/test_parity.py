@@ -2,7 +2,8 @@
 
 Each configuration runs three training steps and two eval steps on the same inputs in bnlib
 and in torch.nn, and compares the output, dx, dgamma, dbeta, running_mean, running_var and
-num_batches_tracked after every step (relative error <= 1e-10).
+num_batches_tracked after every step (relative error <= 1e-10). On both CPU routes of
+bnlib.torch (the compiled loops and torch operations, the ``cpu_route`` fixture).
 """
 
 import itertools
@@ -15,6 +16,8 @@ from bnlib import numpy as bnp
 from bnlib import torch as bnt
 from tests.reference import (BNT_MODULES, TOL, batch, dx_scale, forward_backward, rel_err,
                              torch_module_for)
+
+pytestmark = pytest.mark.usefixtures("cpu_route")
 
 SHAPES = [(16, 5), (7, 4, 9), (4, 3, 6, 5), (2, 3, 2, 3, 4), (2, 6, 1)]
 MOMENTA = [0.1, 0.7, None]

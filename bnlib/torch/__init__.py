@@ -17,10 +17,11 @@
 
 Every module is a subclass of its ``torch.nn`` counterpart (``BatchNorm2d`` of
 ``torch.nn.BatchNorm2d``, the variants of torch's ``_BatchNorm``), so torch's own utilities
-find them. Requires torch >= 2.4.
+find them. Requires torch >= 2.4. On a CPU, training mode runs compiled loops where they were
+built at install (``fused_loops_available()``), torch operations elsewhere.
 """
 
-from .functional import batch_norm
+from .functional import batch_norm, fused_loops_available
 from .compiled import batch_norm_compiled
 from .modules import BatchNorm1d, BatchNorm2d, BatchNorm3d
 from .norms import GroupNorm, LayerNorm, group_norm, layer_norm
@@ -34,6 +35,6 @@ from .inference import (FrozenBatchNorm, fold_batch_norm, fold_batch_norms, free
 __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "BatchRenorm", "FrozenBatchNorm",
            "GhostBatchNorm", "GroupNorm", "LayerNorm", "RecurrentBatchNorm", "SyncBatchNorm",
            "batch_norm", "batch_norm_compiled", "batch_renorm", "fold_batch_norm",
-           "fold_batch_norms", "freeze_batch_norms", "ghost_batch_norm", "group_norm",
-           "is_batch_norm", "layer_norm", "recompute_statistics", "relax_limits",
-           "renorm_limits", "sync_batch_norm"]
+           "fold_batch_norms", "freeze_batch_norms", "fused_loops_available",
+           "ghost_batch_norm", "group_norm", "is_batch_norm", "layer_norm",
+           "recompute_statistics", "relax_limits", "renorm_limits", "sync_batch_norm"]

@@ -1,4 +1,9 @@
-"""The training-mode forward and backward of ``bnlib.torch.batch_norm``, written for speed.
+"""The training-mode forward and backward of ``bnlib.torch.batch_norm`` in torch operations,
+written for speed.
+
+They run in plain eager execution wherever the compiled loops (:mod:`._fused_kernels`) do
+not: half precision, GPUs, layouts other than contiguous and channels-last, and every CPU
+input when bnlib was installed without a C++ compiler.
 
 Batch norm is memory-bound, so these kernels count trips to memory and input-sized
 allocations rather than arithmetic: only the output is allocated at input size, and every

@@ -5,9 +5,10 @@ The formulas (statistics, normalization, closed-form backward, running update) l
 
 Training mode runs an ``autograd.Function`` (:class:`_BatchNormFunction`) when autograd
 records operations, and the same forward directly when nothing needs a gradient. In plain
-eager execution the forward and backward are the memory-lean kernels of :mod:`._kernels`
-(which compute the same sums with fewer passes and no input-sized temporaries, then call the
-coefficient functions). Under ``torch.compile``/``torch.export``, ``torch.jit.trace``,
+eager execution the forward and backward are, on a CPU for float32/float64 tensors that are
+contiguous or channels-last, the compiled loops of :mod:`._fused_kernels` (two passes over
+memory each way), and otherwise the memory-lean kernels of torch operations of
+:mod:`._kernels`; both compute the sums, then call the same coefficient functions. Under ``torch.compile``/``torch.export``, ``torch.jit.trace``,
 ``torch.func`` transforms and forward-mode AD, and whenever a graph of the backward is
 requested (double backward), the same formulas run as plain out-of-place operations, which
 those tools can trace, batch and differentiate. Eval mode is a fixed per-channel affine map.
@@ -32,14 +33,24 @@ Conventions (identical to ``torch.nn.functional.batch_norm``):
 import torch
 
 from .. import _checks
-from . import _kernels
+from . import _fused_kernels, _kernels
 from ._formulas import (batch_statistics, formula_backward, formula_forward,
                         normalize_coefficients, update_running_stats)
 from ._reductions import HALF, as_dtype, per_channel, stats_dtype
 
-__all__ = ["batch_norm", "check_arguments"]
+__all__ = ["batch_norm", "check_arguments", "fused_loops_available"]
 
 _functorch_active = getattr(torch._C, "_are_functorch_transforms_active", lambda: False)
+
+
+def fused_loops_available():
+    """True when bnlib was installed with its compiled CPU loops (``bnlib/torch/_fused.cpp``).
+
+    They are built by ``pip install`` where a C++ compiler with GCC's vector extensions is
+    (GCC or Clang); elsewhere bnlib installs without them, and training mode runs the same
+    formulas in torch operations: the same results to rounding, slower on small inputs.
+    """
+    return _fused_kernels.available()
 
 
 def _forward_ad_active():
@@ -59,9 +70,14 @@ def _eager(x):
 
 
 def _forward(x, weight, bias, eps):
-    """The training forward: the fast kernels in plain eager execution, else the formulas."""
-    run = _kernels.forward if _eager(x) else formula_forward
-    y, mean, var, invstd = run(x, weight, bias, eps)
+    """The training forward: in plain eager execution the fused loops where they apply, else
+    the kernels of torch operations; the formulas everywhere else."""
+    if not _eager(x):
+        y, mean, var, invstd = formula_forward(x, weight, bias, eps)
+    elif (view := _fused_kernels.layout(x)) is not None:
+        return _fused_kernels.forward(x, weight, bias, eps, view)
+    else:
+        y, mean, var, invstd = _kernels.forward(x, weight, bias, eps)
     return as_dtype(y, x.dtype), mean, var, invstd
 
 
@@ -90,10 +106,12 @@ def _backward(ctx, dy, _dmean, _dvar, _dinvstd):
         mean, var, _ = batch_statistics(x)
         invstd = torch.rsqrt(var + ctx.eps)
         dx, dgamma, dbeta = formula_backward(x, dy, weight, mean, invstd)
-    elif _eager(x):
-        dx, dgamma, dbeta = _kernels.backward(x, dy, weight, mean, invstd)
-    else:
+    elif not _eager(x):
         dx, dgamma, dbeta = formula_backward(x, dy, weight, mean, invstd)
+    elif (view := _fused_kernels.layout(x)) is not None:
+        dx, dgamma, dbeta = _fused_kernels.backward(x, dy, weight, mean, invstd, view)
+    else:
+        dx, dgamma, dbeta = _kernels.backward(x, dy, weight, mean, invstd)
     dweight = as_dtype(dgamma, weight.dtype) if ctx.needs_input_grad[1] else None
     dbias = as_dtype(dbeta, ctx.bias_dtype) if ctx.needs_input_grad[2] else None
     return as_dtype(dx, x.dtype), dweight, dbias, None

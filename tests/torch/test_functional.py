@@ -20,6 +20,7 @@ def _inputs(shape, device, affine):
     return x, params, stats
 
 
+@pytest.mark.usefixtures("cpu_route")
 @pytest.mark.parametrize("shape", [(6, 3), (3, 2, 4), (2, 3, 3, 2)])
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("affine", [True, False], ids=["affine", "plain"])
@@ -36,6 +37,7 @@ def test_batch_norm_passes_gradcheck_and_gradgradcheck(shape, training, affine, 
     assert torch.autograd.gradgradcheck(f, inputs)
 
 
+@pytest.mark.usefixtures("cpu_route")
 def test_backward_saves_only_the_input_and_per_channel_vectors():
     x = torch.randn(8, 4, 5, 5, requires_grad=True)
     saved = []

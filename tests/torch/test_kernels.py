@@ -14,6 +14,10 @@ from bnlib import torch as bnt
 from bnlib.torch import _kernels, _reductions
 from tests.reference import TOL, rel_err
 
+# These kernels run where the compiled loops do not apply (tests/torch/test_fused_kernels.py);
+# here they run everywhere.
+pytestmark = pytest.mark.usefixtures("torch_operations_route")
+
 
 def _data(shape, dtype=torch.float64, seed=0, offset=0.0):
     gen = torch.Generator().manual_seed(seed)

@@ -1,0 +1,205 @@
+"""The compiled loops of bnlib.torch's CPU training mode (bnlib.torch._fused_kernels and
+bnlib/torch/_fused.cpp): where they apply, that their bits depend on neither the thread
+count nor the CPU's vector units, and their numerics on every layout and edge the Python
+route handles. (Parity with torch.nn on both routes: tests/test_parity.py.)"""
+
+import shutil
+import subprocess
+import sys
+import sysconfig
+
+import pytest
+import torch
+
+from bnlib import torch as bnt
+from bnlib.torch import _fused_kernels
+from tests.reference import TOL, dx_scale, rel_err
+
+pytestmark = pytest.mark.usefixtures("fused_loops")
+
+
+@pytest.fixture
+def fused_loops(monkeypatch):
+    if not _fused_kernels.available():
+        pytest.skip("bnlib.torch's fused loops were not built (no C++ compiler at install)")
+    monkeypatch.setattr(_fused_kernels, "enabled", True)
+
+
+def _data(shape, dtype=torch.float64, seed=0, offset=0.0, channels_last=False):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=gen, dtype=torch.float64) * 2 + offset
+    dy = torch.randn(shape, generator=gen, dtype=torch.float64)
+    weight = torch.rand(shape[1], generator=gen, dtype=torch.float64) + 0.5
+    bias = torch.randn(shape[1], generator=gen, dtype=torch.float64)
+    x, dy, weight, bias = (t.to(dtype) for t in (x, dy, weight, bias))
+    if channels_last:
+        memory_format = torch.channels_last if x.dim() == 4 else torch.channels_last_3d
+        x, dy = (t.contiguous(memory_format=memory_format) for t in (x, dy))
+    return x, dy, weight, bias
+
+
+def _forward_backward(fn, x, dy, weight, bias):
+    x, weight, bias = (t.detach().clone(memory_format=torch.preserve_format).requires_grad_()
+                       for t in (x, weight, bias))
+    y = fn(x, None, None, weight, bias, True)
+    y.backward(dy)
+    return y.detach(), x.grad, weight.grad, bias.grad
+
+
+def test_the_loops_are_built_where_a_compiler_is():
+    """`make test` installs bnlib with the machine's compiler: a missing module is a failed
+    build, not a slow machine."""
+    compiler = (sysconfig.get_config_var("CXX") or "c++").split()[0]
+    if shutil.which(compiler) is None and shutil.which("g++") is None:
+        pytest.skip("no C++ compiler on this machine")
+    assert _fused_kernels.available()
+
+
+@pytest.mark.parametrize("shape,channels_last", [
+    ((256, 40), False),           # (N, C): rows of channels, 40 = 2 vectors + a tail
+    ((37, 3), False),             # fewer channels than a vector
+    ((8, 5, 33), False),          # runs of 33: two vectors of lanes and a tail
+    ((6, 16, 9, 7), False),       # runs of 63
+    ((6, 19, 9, 7), True),        # channels-last: rows of 19 channels
+    ((3, 10, 4, 5, 6), True),     # channels-last 3-D
+    ((2, 6, 1), False),
+])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_every_layout_matches_torch(shape, channels_last, dtype):
+    x, dy, weight, bias = _data(shape, dtype, channels_last=channels_last)
+    assert _fused_kernels.layout(x) is not None  # the loops really run
+    got = _forward_backward(bnt.batch_norm, x, dy, weight, bias)
+    want = _forward_backward(torch.nn.functional.batch_norm,
+                             *(t.double() for t in (x, dy, weight, bias)))
+    terms = dx_scale(x.double().numpy(), dy.double().numpy(), weight.double().numpy())
+    for g, w, what in zip(got, want, ("y", "dx", "dweight", "dbias")):
+        assert g.dtype == dtype and g.shape == w.shape, what
+        err = rel_err(g.double(), w, scale=terms if what == "dx" else 0.0)
+        assert err < (TOL if dtype == torch.float64 else 2e-6), (what, err)
+    assert got[0].is_contiguous(memory_format=torch.channels_last if x.dim() == 4 else
+                                torch.channels_last_3d) if channels_last else got[0].is_contiguous()
+
+
+@pytest.mark.parametrize("x", [
+    torch.randn(4, 3, dtype=torch.float16),
+    torch.randn(4, 3, dtype=torch.bfloat16),
+    torch.randn(3, 4).t(),                          # transposed: neither layout
+    torch.randn(4, 3, 5, 2)[:, :, ::2],             # strided
+], ids=["float16", "bfloat16", "transposed", "strided"])
+def test_the_loops_do_not_apply_to_other_dtypes_and_layouts(x):
+    assert _fused_kernels.layout(x) is None
+
+
+def test_batch_norm_takes_the_loops_where_they_apply(monkeypatch):
+    calls = []
+    for name in ("forward", "backward"):
+        original = getattr(_fused_kernels, name)
+        monkeypatch.setattr(_fused_kernels, name,
+                            lambda *a, _f=original, _n=name: calls.append(_n) or _f(*a))
+    x, dy, weight, bias = _data((8, 3))
+    _forward_backward(bnt.batch_norm, x, dy, weight, bias)
+    assert calls == ["forward", "backward"]
+
+
+@pytest.mark.parametrize("shape,channels_last", [
+    ((4096, 160), False), ((64, 8, 64, 64), False), ((64, 40, 16, 16), True)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_bits_do_not_depend_on_the_thread_count(shape, channels_last, dtype):
+    """Each thread takes whole channels (sums) or whole rows (outputs): every value is
+    computed as on one thread. The shapes are large enough to be split."""
+    x, dy, weight, bias = _data(shape, dtype, offset=3.0, channels_last=channels_last)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for count in (1, 4):
+            torch.set_num_threads(count)
+            results.append(_forward_backward(bnt.batch_norm, x, dy, weight, bias))
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
+
+
+def test_the_bits_do_not_depend_on_the_vector_unit(tmp_path):
+    """The same source built without the AVX2 clone (baseline SSE2 only) computes the same
+    bits as the installed module, whichever clone this CPU runs."""
+    compiler = shutil.which("g++") or shutil.which("c++")
+    if compiler is None:
+        pytest.skip("no C++ compiler on this machine")
+    source = _fused_kernels.__file__.replace("_fused_kernels.py", "_fused.cpp")
+    target = tmp_path / f"_fused{sysconfig.get_config_var('EXT_SUFFIX')}"
+    subprocess.run([compiler, "-DBNLIB_NO_CLONES", "-O3", "-std=c++17", "-ffp-contract=off",
+                    "-fno-fast-math", "-Wno-psabi", "-pthread", "-fPIC", "-shared",
+                    f"-I{sysconfig.get_paths()['include']}", source, "-o", str(target)],
+                   check=True)
+    code = (
+        "import sys, torch\n"
+        f"sys.path.insert(0, {str(tmp_path)!r})\n"
+        "import _fused\n"
+        "from bnlib.torch import _fused_kernels\n"
+        "_fused_kernels._fused = _fused\n"
+        "from tests.torch.test_fused_kernels import _data, _forward_backward\n"
+        "from bnlib import torch as bnt\n"
+        "out = []\n"
+        "for shape, dtype in [((300, 37), torch.float32), ((6, 19, 9, 7), torch.float32),\n"
+        "                     ((300, 37), torch.float64), ((6, 19, 9, 7), torch.float64)]:\n"
+        "    out.append(_forward_backward(bnt.batch_norm, *_data(shape, dtype, offset=5.0)))\n"
+        "torch.save(out, sys.argv[1])\n"
+    )
+    baseline, installed = tmp_path / "baseline.pt", tmp_path / "installed.pt"
+    subprocess.run([sys.executable, "-c", code, str(baseline)], check=True)
+    subprocess.run([sys.executable, "-c", code.replace("_fused_kernels._fused = _fused", ""),
+                    str(installed)], check=True)
+    for a, b in zip(torch.load(baseline), torch.load(installed)):
+        for u, v in zip(a, b):
+            assert torch.equal(u, v)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_far_pivot_takes_the_two_pass_variance(dtype):
+    """Channel 0 starts with 16 values of 50 among 50000 N(0, 1): the pivot is far from the
+    mean (shift^2 > 4 var), so the loops sum the squares about the mean in a second pass."""
+    x, dy, weight, bias = _data((50000, 3))
+    x[:16, 0] = 50.0
+    x, weight, bias = x.to(dtype), weight.to(dtype), bias.to(dtype)
+    view = _fused_kernels.layout(x)
+    y, mean, var, _ = _fused_kernels.forward(x, weight, bias, 1e-5, view)
+    centred = x.double() - x.double().mean(0)
+    want_var = (centred * centred).mean(0)
+    assert rel_err(var.double(), want_var) < (1e-6 if dtype == torch.float32 else TOL)
+    ref = torch.nn.functional.batch_norm(x.double(), None, None, weight.double(),
+                                         bias.double(), True)
+    assert rel_err(y.double(), ref) < (1e-6 if dtype == torch.float32 else TOL)
+
+
+def test_non_finite_values_stay_in_their_channel_as_in_torch():
+    x = torch.randn(64, 4, 3, dtype=torch.float64)
+    x[5, 1, 2], x[0, 2, 0] = float("nan"), float("inf")  # the inf among the pivot's values
+    rm, rv = torch.zeros(4, dtype=torch.float64), torch.ones(4, dtype=torch.float64)
+    y = bnt.batch_norm(x, rm, rv, training=True)
+    rm_t, rv_t = torch.zeros(4, dtype=torch.float64), torch.ones(4, dtype=torch.float64)
+    want = torch.nn.functional.batch_norm(x, rm_t, rv_t, training=True)
+    assert y[:, 1].isnan().all() and y[:, 2].isnan().all()
+    assert rel_err(y[:, [0, 3]], want[:, [0, 3]]) < TOL
+    assert rm[2] == float("inf") and rv[2].isnan() and rm[1].isnan()
+    assert rel_err(rm[[0, 3]], rm_t[[0, 3]]) < TOL and rel_err(rv[[0, 3]], rv_t[[0, 3]]) < TOL
+
+
+def test_an_expanded_gradient_is_laid_out_like_the_input():
+    """y.sum().backward() sends an expanded dy (every stride 0): copied, then the loops run."""
+    x = torch.randn(10, 3, 4, dtype=torch.float64, requires_grad=True)
+    bnt.batch_norm(x, None, None, training=True).sum().backward()
+    x_t = x.detach().clone().requires_grad_()
+    torch.nn.functional.batch_norm(x_t, None, None, training=True).sum().backward()
+    assert rel_err(x.grad, x_t.grad, scale=1.0) < TOL
+
+
+@pytest.mark.parametrize("args,error", [
+    ((0, 1, 0), TypeError),                          # too few arguments
+    ((2, 1, 0, 1, 1, 1, 1, 0), ValueError),          # dtype code 2
+    ((0, 0, 0, 1, 1, 1, 1, 0), ValueError),          # no thread
+    ((0, 1, "x", 1, 1, 1, 1, 0), TypeError),         # not an integer
+])
+def test_the_module_checks_its_arguments_before_it_reads_memory(args, error):
+    with pytest.raises(error):
+        _fused_kernels._fused.moments(*args)
