@@ -37,7 +37,6 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
-#include <thread>
 #include <vector>
 
 namespace {
@@ -138,11 +137,11 @@ INLINE void row_block(const T *x, const T *dy, idx C, idx o0, idx o1, idx c0, co
     add_in_double<T>(s2 + c0 + N, q1);
 }
 
-// The same for channels [cb, ce) left over from the vectors, one at a time.
+// The same for channels [c0, C) left over from the vectors, one at a time.
 template <typename T, typename Term>
-INLINE void row_block_tail(const T *x, const T *dy, idx C, idx o0, idx o1, idx cb, idx ce,
+INLINE void row_block_tail(const T *x, const T *dy, idx C, idx o0, idx o1, idx c0,
                            const T *k, const T *h, double *s1, double *s2) {
-    for (idx c = cb; c < ce; c++) {
+    for (idx c = c0; c < C; c++) {
         T a = 0, q = 0;
         for (idx o = o0; o < o1; o++)
             Term::add(x[o * C + c], Term::uses_dy ? dy[o * C + c] : x[o * C + c], k[c], h[c],
@@ -183,68 +182,79 @@ INLINE void run_block(const T *x, const T *dy, idx n, T k, T h, double &s1, doub
     s2 += q;
 }
 
-// Per-channel sums of Term over every value, for channels [cb, ce): s1[c], s2[c] in double.
-// Each channel's sum is computed the same way whatever the range (the lanes of a vector and
-// the channels left over compute the same operations), so any split gives the same bits.
+// Per-channel sums of Term over every value: s1[c], s2[c] in double. (The lanes of a vector
+// and the channels left over compute the same operations.)
 template <typename T, typename Term>
 INLINE void channel_sums(const T *x, const T *dy, const Layout &l, const T *k, const T *h,
-                         idx cb, idx ce, double *s1, double *s2) {
+                         double *s1, double *s2) {
     const idx C = l.channels, inner = l.inner, width = 2 * Simd<T>::N;
-    std::fill(s1 + cb, s1 + ce, 0.0);
-    std::fill(s2 + cb, s2 + ce, 0.0);
+    std::fill(s1, s1 + C, 0.0);
+    std::fill(s2, s2 + C, 0.0);
     if (inner == 1) {
-        const idx vectors_end = ce - (ce - cb) % width;
+        const idx vectors_end = C - C % width;
         for (idx o0 = 0; o0 < l.outer; o0 += ROWS) {
             const idx o1 = std::min(o0 + ROWS, l.outer);
-            for (idx c0 = cb; c0 < vectors_end; c0 += width)
+            for (idx c0 = 0; c0 < vectors_end; c0 += width)
                 row_block<T, Term>(x, dy, C, o0, o1, c0, k, h, s1, s2);
-            row_block_tail<T, Term>(x, dy, C, o0, o1, vectors_end, ce, k, h, s1, s2);
+            row_block_tail<T, Term>(x, dy, C, o0, o1, vectors_end, k, h, s1, s2);
         }
         return;
     }
     for (idx o = 0; o < l.outer; o++)
-        for (idx c = cb; c < ce; c++) {
+        for (idx c = 0; c < C; c++) {
             const idx at = (o * C + c) * inner;
             run_block<T, Term>(x + at, Term::uses_dy ? dy + at : x + at, inner, k[c], h[c],
                                s1[c], s2[c]);
         }
 }
 
-// Rows [ob, oe) of out = (x - centre) * scale + offset [+ dy * dy_scale] (offset and dy
-// may be null: no offset, no dy term).
-template <typename T>
-INLINE void affine_rows(const T *x, const Layout &l, const T *centre, const T *scale,
-                        const T *offset, const T *dy, const T *dy_scale, idx ob, idx oe,
-                        T *out) {
+// What the affine loop adds to (x - centre) * scale: nothing, offset, or offset and
+// dy * dy_scale (each an operation of its own, so that "nothing" keeps the sign of a zero).
+enum class Terms { none, offset, offset_and_dy };
+
+template <Terms M, typename T>
+INLINE T affine_value(T x, T k, T a, T b, T g, T t) {
+    T v = (x - k) * a;
+    if (M != Terms::none) v = v + b;
+    if (M == Terms::offset_and_dy) v = v + g * t;
+    return v;
+}
+
+template <Terms M, typename T>
+INLINE void affine_loop(const T *x, const Layout &l, const T *__restrict k,
+                        const T *__restrict a, const T *__restrict b, const T *dy,
+                        const T *__restrict t, T *out) {
     const idx C = l.channels, inner = l.inner;
-    std::vector<T> b(C, T(0)), t(C, T(0));
-    if (offset) std::copy(offset, offset + C, b.begin());
-    if (dy) std::copy(dy_scale, dy_scale + C, t.begin());
-    const T *__restrict k = centre, *__restrict a = scale, *__restrict bb = b.data(),
-                        *__restrict tt = t.data();
-    for (idx o = ob; o < oe; o++) {
+    for (idx o = 0; o < l.outer; o++) {
         const T *__restrict r = x + o * C * inner;
-        const T *__restrict g = dy ? dy + o * C * inner : nullptr;
+        const T *__restrict g = M == Terms::offset_and_dy ? dy + o * C * inner : r;
         T *__restrict w = out + o * C * inner;
         if (inner == 1) {
-            if (g) {
-                for (idx c = 0; c < C; c++) w[c] = ((r[c] - k[c]) * a[c] + bb[c]) + g[c] * tt[c];
-            } else {
-                for (idx c = 0; c < C; c++) w[c] = (r[c] - k[c]) * a[c] + bb[c];
-            }
+            for (idx c = 0; c < C; c++) w[c] = affine_value<M>(r[c], k[c], a[c], b[c], g[c], t[c]);
             continue;
         }
         for (idx c = 0; c < C; c++) {
-            const T kc = k[c], ac = a[c], bc = bb[c], tc = tt[c];
+            const T kc = k[c], ac = a[c], bc = b[c], tc = t[c];
             const idx at = c * inner;
-            if (g) {
-                for (idx i = 0; i < inner; i++)
-                    w[at + i] = ((r[at + i] - kc) * ac + bc) + g[at + i] * tc;
-            } else {
-                for (idx i = 0; i < inner; i++) w[at + i] = (r[at + i] - kc) * ac + bc;
-            }
+            for (idx i = 0; i < inner; i++)
+                w[at + i] = affine_value<M>(r[at + i], kc, ac, bc, g[at + i], tc);
         }
     }
+}
+
+// out = (x - centre) * scale [+ offset] [+ dy * dy_scale] (offset and dy may be null: no
+// such term; dy needs an offset).
+template <typename T>
+INLINE void affine_rows(const T *x, const Layout &l, const T *centre, const T *scale,
+                        const T *offset, const T *dy, const T *dy_scale, T *out) {
+    const std::vector<T> zero(l.channels, T(0));
+    const T *b = offset ? offset : zero.data(), *t = dy ? dy_scale : zero.data();
+    if (dy)
+        affine_loop<Terms::offset_and_dy>(x, l, centre, scale, b, dy, t, out);
+    else if (offset)
+        affine_loop<Terms::offset>(x, l, centre, scale, b, dy, t, out);
+    else
+        affine_loop<Terms::none>(x, l, centre, scale, b, dy, t, out);
 }
 
 /* The loops' entry points, compiled twice on x86-64 ELF targets (Linux): for AVX2 and for
@@ -259,53 +269,22 @@ INLINE void affine_rows(const T *x, const Layout &l, const T *centre, const T *s
 
 #define ENTRY_POINTS(T)                                                                    \
     VECTOR_CLONES void moment_sums(const T *x, const Layout &l, const T *k, const T *h,    \
-                                   idx cb, idx ce, double *s1, double *s2) {               \
-        channel_sums<T, MomentTerm>(x, nullptr, l, k, h, cb, ce, s1, s2);                  \
+                                   double *s1, double *s2) {                               \
+        channel_sums<T, MomentTerm>(x, nullptr, l, k, h, s1, s2);                          \
     }                                                                                      \
     VECTOR_CLONES void gradient_sums(const T *x, const T *dy, const Layout &l, const T *k, \
-                                     const T *h, idx cb, idx ce, double *s1, double *s2) { \
-        channel_sums<T, SumTerm>(x, dy, l, k, h, cb, ce, s1, s2);                          \
+                                     const T *h, double *s1, double *s2) {                 \
+        channel_sums<T, SumTerm>(x, dy, l, k, h, s1, s2);                                  \
     }                                                                                      \
-    VECTOR_CLONES void affine_block(const T *x, const Layout &l, const T *centre,          \
-                                    const T *scale, const T *offset, const T *dy,          \
-                                    const T *dy_scale, idx ob, idx oe, T *out) {           \
-        affine_rows(x, l, centre, scale, offset, dy, dy_scale, ob, oe, out);               \
+    VECTOR_CLONES void affine(const T *x, const Layout &l, const T *centre, const T *scale, \
+                              const T *offset, const T *dy, const T *dy_scale, T *out) {   \
+        affine_rows(x, l, centre, scale, offset, dy, dy_scale, out);                       \
     }
 ENTRY_POINTS(float)
 ENTRY_POINTS(double)
 
-// ---- Threads: independent ranges of channels (sums) or rows (affine), each on its own
-// thread; every value is computed as on one thread, so the bits do not depend on the count.
-
-constexpr idx MIN_WORK = idx(1) << 18;  // values per thread, at least
-
-// f(begin, end) over [0, n) in at most `threads` ranges of at least `grain` items, starts
-// aligned to `align`; the first range on the calling thread. A thread that cannot be
-// started leaves its range (and those after it) to the calling thread.
-template <typename F>
-void parallel(idx n, idx grain, idx align, int threads, F f) {
-    idx parts = std::min<idx>(threads, n / std::max<idx>(grain, 1));
-    if (parts <= 1) return f(0, n);
-    idx chunk = (n + parts - 1) / parts;
-    chunk = (chunk + align - 1) / align * align;
-    std::vector<std::thread> pool;
-    idx next = chunk;
-    for (; next < n; next += chunk) {
-        try {
-            pool.emplace_back(f, next, std::min(n, next + chunk));
-        } catch (...) {
-            break;
-        }
-    }
-    for (; next < n; next += chunk) f(next, std::min(n, next + chunk));
-    f(0, std::min(n, chunk));
-    for (auto &t : pool) t.join();
-}
-
-idx channels_per_thread(const Layout &l) { return MIN_WORK / std::max<idx>(l.count(), 1) + 1; }
-
 template <typename T>
-void moments(const T *x, const Layout &l, idx pivot_outer, int threads, T *out) {
+void moments(const T *x, const Layout &l, idx pivot_outer, T *out) {
     const idx C = l.channels, inner = l.inner;
     T *K = out, *shift = out + C, *mean = out + 2 * C, *var = out + 3 * C;
     // The pivot: the mean of the first pivot_outer rows, 0 where that is not finite.
@@ -324,9 +303,7 @@ void moments(const T *x, const Layout &l, idx pivot_outer, int threads, T *out) 
     }
     std::vector<T> h(C, T(0));
     std::vector<double> s1(C), s2(C), sh(C), v(C);
-    auto pass = [&](idx cb, idx ce) { moment_sums(x, l, K, h.data(), cb, ce, s1.data(), s2.data()); };
-    const idx grain = channels_per_thread(l), align = 2 * Simd<T>::N;
-    parallel(C, grain, align, threads, pass);
+    moment_sums(x, l, K, h.data(), s1.data(), s2.data());
     const double m = static_cast<double>(l.count());
     bool two_pass = false;
     for (idx c = 0; c < C; c++) {
@@ -336,7 +313,7 @@ void moments(const T *x, const Layout &l, idx pivot_outer, int threads, T *out) 
     }
     if (two_pass) {  // centre on the mean, (x - K) - shift, and sum the squares again
         for (idx c = 0; c < C; c++) h[c] = static_cast<T>(sh[c]);
-        parallel(C, grain, align, threads, pass);
+        moment_sums(x, l, K, h.data(), s1.data(), s2.data());
         for (idx c = 0; c < C; c++) v[c] = s2[c] / m;
     }
     for (idx c = 0; c < C; c++) {
@@ -347,27 +324,17 @@ void moments(const T *x, const Layout &l, idx pivot_outer, int threads, T *out) 
 }
 
 template <typename T>
-void sums(const T *x, const T *dy, const Layout &l, const T *centre, int threads, T *out) {
+void sums(const T *x, const T *dy, const Layout &l, const T *centre, T *out) {
     const idx C = l.channels;
     std::vector<T> zero(C, T(0));
     std::vector<double> s1(C), s2(C);
-    parallel(C, channels_per_thread(l), 2 * Simd<T>::N, threads, [&](idx cb, idx ce) {
-        gradient_sums(x, dy, l, centre, zero.data(), cb, ce, s1.data(), s2.data());
-    });
+    gradient_sums(x, dy, l, centre, zero.data(), s1.data(), s2.data());
     for (idx c = 0; c < C; c++) {
         out[c] = static_cast<T>(s1[c]);
         out[C + c] = static_cast<T>(s2[c]);
     }
 }
 
-template <typename T>
-void affine(const T *x, const Layout &l, const T *centre, const T *scale, const T *offset,
-            const T *dy, const T *dy_scale, int threads, T *out) {
-    const idx grain = MIN_WORK / std::max<idx>(l.channels * l.inner, 1) + 1;
-    parallel(l.outer, grain, 1, threads, [&](idx ob, idx oe) {
-        affine_block(x, l, centre, scale, offset, dy, dy_scale, ob, oe, out);
-    });
-}
 
 // ---- Python bindings: integer arguments (addresses and sizes), checked for type only. ----
 
@@ -384,35 +351,30 @@ bool read_args(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t want, long lo
         PyErr_SetString(PyExc_ValueError, "dtype code must be 0 (float32) or 1 (float64)");
         return false;
     }
-    if (values[1] < 1) {
-        PyErr_SetString(PyExc_ValueError, "threads must be at least 1");
-        return false;
-    }
     return true;
 }
 
 template <typename T>
 T *ptr(long long address) { return reinterpret_cast<T *>(static_cast<std::uintptr_t>(address)); }
 
-// Every function takes (dtype, threads, ...): dtype 0 for float32, 1 for float64; threads
-// at most (torch.get_num_threads()); then addresses and sizes. Layout (outer, C, inner).
+// Every function takes (dtype, ...): 0 for float32, 1 for float64; then addresses and
+// sizes. Layout (outer, C, inner).
 
 template <typename T>
 void call_moments(const long long *v) {  // x, outer, C, inner, pivot_outer, out (4, C)
-    moments(ptr<T>(v[2]), Layout{v[3], v[4], v[5]}, v[6], static_cast<int>(v[1]), ptr<T>(v[7]));
+    moments(ptr<T>(v[1]), Layout{v[2], v[3], v[4]}, v[5], ptr<T>(v[6]));
 }
 
 template <typename T>
 void call_sums(const long long *v) {  // x, dy, outer, C, inner, centre, out (2, C)
-    sums(ptr<T>(v[2]), ptr<T>(v[3]), Layout{v[4], v[5], v[6]}, ptr<T>(v[7]),
-         static_cast<int>(v[1]), ptr<T>(v[8]));
+    sums(ptr<T>(v[1]), ptr<T>(v[2]), Layout{v[3], v[4], v[5]}, ptr<T>(v[6]), ptr<T>(v[7]));
 }
 
 template <typename T>
 void call_affine(const long long *v) {  // x, outer, C, inner, centre, scale, offset, dy,
                                         // dy_scale, out (0 for no offset / dy term)
-    affine(ptr<T>(v[2]), Layout{v[3], v[4], v[5]}, ptr<T>(v[6]), ptr<T>(v[7]), ptr<T>(v[8]),
-           ptr<T>(v[9]), ptr<T>(v[10]), static_cast<int>(v[1]), ptr<T>(v[11]));
+    affine(ptr<T>(v[1]), Layout{v[2], v[3], v[4]}, ptr<T>(v[5]), ptr<T>(v[6]), ptr<T>(v[7]),
+           ptr<T>(v[8]), ptr<T>(v[9]), ptr<T>(v[10]));
 }
 
 template <void (*F32)(const long long *), void (*F64)(const long long *), int ARGS>
@@ -431,12 +393,12 @@ PyObject *binding(PyObject *, PyObject *const *args, Py_ssize_t nargs) {
      METH_FASTCALL, doc}
 
 PyMethodDef methods[] = {
-    METHOD("moments", call_moments, 8,
-           "moments(dtype, threads, x, outer, C, inner, pivot_outer, out): K, shift, mean, var"),
-    METHOD("sums", call_sums, 9,
-           "sums(dtype, threads, x, dy, outer, C, inner, centre, out): sum(dy), sum(dy * c)"),
-    METHOD("affine", call_affine, 12,
-           "affine(dtype, threads, x, outer, C, inner, centre, scale, offset, dy, dy_scale, out)"),
+    METHOD("moments", call_moments, 7,
+           "moments(dtype, x, outer, C, inner, pivot_outer, out): K, shift, mean, var"),
+    METHOD("sums", call_sums, 8,
+           "sums(dtype, x, dy, outer, C, inner, centre, out): sum(dy), sum(dy * c)"),
+    METHOD("affine", call_affine, 11,
+           "affine(dtype, x, outer, C, inner, centre, scale, offset, dy, dy_scale, out)"),
     {nullptr, nullptr, 0, nullptr}};
 
 PyModuleDef module = {PyModuleDef_HEAD_INIT, "_fused",

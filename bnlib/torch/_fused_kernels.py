@@ -1,17 +1,20 @@
-"""The training-mode forward and backward on a CPU in fused loops (the compiled ``_fused``).
+"""Batch norm on a CPU in fused loops (the compiled ``_fused``): training forward and backward,
+and eval mode.
 
-Each direction is two passes over memory: the forward sums x's moments, then writes y; the
-backward sums dy and dy * (x - mean), then writes dx. Between them :mod:`._formulas` turns
+Each training direction is two passes over memory: the forward sums x's moments, then writes
+y; the backward sums dy and dy * (x - mean), then writes dx. Eval mode is one pass. Between them :mod:`._formulas` turns
 the sums into per-channel coefficients, as for every other route. torch's eager operations
 need five or six passes and about thirty dispatches for the same (:mod:`._kernels`, which
 still runs where these loops do not apply).
 
 The loops (``bnlib/torch/_fused.cpp``) compute each element in its own dtype and each sum in
-double over partial sums of at most 16 values per accumulator, in an order their source
-fixes, so the bits do not depend on the CPU's vector units or the thread count. They apply
-to CPU tensors of float32 or float64 that are contiguous or channels-last
-(:func:`layout`); the module is built when bnlib is installed, where a C++ compiler is
-(``setup.py``); without it every call takes :mod:`._kernels`.
+double over partial sums of at most 64 values per accumulator, in an order their source
+fixes, so the bits do not depend on the CPU's vector units. They run on one thread. They
+apply to CPU tensors of float32 or float64 that are contiguous or channels-last
+(:func:`layout`), except inputs above SMALL_BYTES when torch may use more than
+MAX_THREADS threads: there torch's thread pool runs :mod:`._kernels` on every core. The
+module is built when bnlib is installed, where a C++ compiler is (``setup.py``); without it
+every call takes :mod:`._kernels`.
 
 Conventions: as :mod:`._kernels` (statistics over the m = N * prod(spatial) values of each
 channel, biased variance); the pivot is that of :func:`._reductions.pivot`, the mean of the
@@ -31,6 +34,15 @@ except ImportError:  # installed without a C++ compiler
 # Switched off by tests that exercise the torch-operations route on the same inputs.
 enabled = _fused is not None
 
+# On the 2-core machine that builds the book, the one-thread loops took 0.8 (64, 64, 32, 32)
+# and 0.84 (32, 256, 14, 14) of native's forward+backward time at 2 threads, where the
+# kernels of torch operations took 1.1-1.3: the loops run at up to MAX_THREADS threads at any
+# size. More threads were not measured; with them, torch's multi-threaded operations take
+# inputs larger than SMALL_BYTES, which a core's cache holds and a thread pool speeds up
+# little.
+MAX_THREADS = 2
+SMALL_BYTES = 1 << 20
+
 _DTYPE_CODES = {torch.float32: 0, torch.float64: 1}
 _CHANNELS_LAST = {4: torch.channels_last, 5: torch.channels_last_3d}
 
@@ -47,9 +59,12 @@ def layout(x):
     ``(N, C, *)`` as ``(N, C, prod(spatial))`` and channels-last as
     ``(N * prod(spatial), C, 1)``. ``pivot_rows`` of the outer dim hold the first
     ``min(N, ceil(PIVOT_VALUES / prod(spatial)))`` samples. None where the loops do not apply
-    (not built or switched off, not a CPU tensor, half precision, another layout).
+    (not built or switched off, not a CPU tensor, half precision, another layout, or larger
+    than SMALL_BYTES while torch may use more than MAX_THREADS threads).
     """
     if not enabled or x.device.type != "cpu" or x.dtype not in _DTYPE_CODES:
+        return None
+    if torch.get_num_threads() > MAX_THREADS and x.numel() * x.element_size() > SMALL_BYTES:
         return None
     n, c = x.shape[0], x.shape[1]
     spatial = x.numel() // (n * c)
@@ -67,6 +82,19 @@ def _address(t):
     return 0 if t is None else t.data_ptr()
 
 
+def _affine(x, view, centre, scale, offset, dy=None, dy_scale=None):
+    """A new tensor laid out as x: ``(x - centre) * scale [+ offset] [+ dy * dy_scale]``, one pass.
+
+    centre, scale, offset and dy_scale are contiguous (C,) tensors of x's dtype (offset may be
+    None: no such term); dy, when given, is laid out as x.
+    """
+    code, outer, c, inner, _, memory_format = view
+    out = torch.empty(x.shape, dtype=x.dtype, memory_format=memory_format)
+    _fused.affine(code, x.data_ptr(), outer, c, inner, centre.data_ptr(), scale.data_ptr(),
+                  _address(offset), _address(dy), _address(dy_scale), out.data_ptr())
+    return out
+
+
 def forward(x, weight, bias, eps, view):
     """``y, mean, var, invstd`` of the training forward, x laid out as ``view`` (:func:`layout`).
 
@@ -76,16 +104,12 @@ def forward(x, weight, bias, eps, view):
     (``affine``): ``y = (x - K) * scale + (bias - shift * scale)``
     (:func:`._formulas.normalize_coefficients`).
     """
-    code, outer, c, inner, pivot_rows, memory_format = view
-    threads = torch.get_num_threads()
+    code, outer, c, inner, pivot_rows, _ = view
     stats = torch.empty((4, c), dtype=x.dtype)
-    _fused.moments(code, threads, x.data_ptr(), outer, c, inner, pivot_rows, stats.data_ptr())
+    _fused.moments(code, x.data_ptr(), outer, c, inner, pivot_rows, stats.data_ptr())
     k, shift, mean, var = stats.unbind()
     invstd, scale, offset = normalize_coefficients(var, eps, weight, bias, shift)
-    y = torch.empty(x.shape, dtype=x.dtype, memory_format=memory_format)
-    _fused.affine(code, threads, x.data_ptr(), outer, c, inner, k.data_ptr(), scale.data_ptr(),
-                  _address(offset), 0, 0, y.data_ptr())
-    return y, mean, var, invstd
+    return _affine(x, view, k, scale, offset), mean, var, invstd
 
 
 def backward(x, dy, weight, mean, invstd, view):
@@ -97,17 +121,28 @@ def backward(x, dy, weight, mean, invstd, view):
     is not, e.g. the expanded gradient of a sum).
     """
     code, outer, c, inner, _, memory_format = view
-    threads = torch.get_num_threads()
     dy = as_dtype(dy, x.dtype)
     if not dy.is_contiguous(memory_format=memory_format):
         dy = dy.contiguous(memory_format=memory_format)
     sums = torch.empty((2, c), dtype=x.dtype)
-    _fused.sums(code, threads, x.data_ptr(), dy.data_ptr(), outer, c, inner, mean.data_ptr(),
+    _fused.sums(code, x.data_ptr(), dy.data_ptr(), outer, c, inner, mean.data_ptr(),
                 sums.data_ptr())
     sum_dy, sum_dy_c = sums.unbind()
     a, scale, b, dgamma, dbeta = backward_coefficients(sum_dy, sum_dy_c, invstd, weight,
                                                        outer * inner)
-    dx = torch.empty(x.shape, dtype=x.dtype, memory_format=memory_format)
-    _fused.affine(code, threads, x.data_ptr(), outer, c, inner, mean.data_ptr(), a.data_ptr(),
-                  b.data_ptr(), dy.data_ptr(), scale.data_ptr(), dx.data_ptr())
-    return dx, dgamma, dbeta
+    return _affine(x, view, mean, a, b, dy, scale), dgamma, dbeta
+
+
+def normalize_fixed(x, mean, var, weight, bias, eps, view):
+    """Eval mode, ``y = (x - mean) * scale + offset`` per channel in one pass, or None.
+
+    The same operations in the same order as the torch-operations route (subtract, multiply,
+    add, each rounded to x's dtype), so the same bits. None (the caller takes that route)
+    where the running statistics are not contiguous vectors of x's dtype.
+    """
+    if not (mean.dtype == var.dtype == x.dtype and mean.is_contiguous()):
+        return None
+    _, scale, offset = normalize_coefficients(var, eps, weight, bias)
+    if offset is not None and not offset.is_contiguous():  # a strided bias: its own copy
+        offset = offset.contiguous()
+    return _affine(x, view, mean, scale, offset)

@@ -253,15 +253,21 @@ def _normalize_fixed(x, mean, var, weight, bias, eps):
     """Eval mode: a per-channel affine map, differentiable by autograd (also twice).
 
     When autograd needs none of the intermediate values (inference in eager mode), the same
-    operations run in place in one buffer: the same numbers, without two extra input-sized
-    allocations.
+    operations run in one pass of the compiled loops (:func:`._fused_kernels.normalize_fixed`)
+    or, where those do not apply, in place in one buffer: the same numbers either way,
+    without two extra input-sized allocations.
     """
+    untracked = not _tracked(x, weight, bias) and _eager(x)
+    if untracked and (view := _fused_kernels.layout(x)) is not None:
+        y = _fused_kernels.normalize_fixed(x, mean, var, weight, bias, eps, view)
+        if y is not None:
+            return y
     dtype, ndim = stats_dtype(x.dtype), x.dim()
     _, scale, offset = normalize_coefficients(as_dtype(var, dtype), eps, weight, bias)
     # Subtract the mean before scaling: x * scale + (bias - mean * scale) loses digits when
     # the mean is large.
     y = as_dtype(x, dtype) - per_channel(as_dtype(mean, dtype), ndim)
-    if _tracked(x, weight, bias) or not _eager(x):
+    if not untracked:
         y = y * per_channel(scale, ndim)
         if offset is not None:
             y = y + per_channel(offset, ndim)

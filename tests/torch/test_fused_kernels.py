@@ -1,7 +1,7 @@
-"""The compiled loops of bnlib.torch's CPU training mode (bnlib.torch._fused_kernels and
-bnlib/torch/_fused.cpp): where they apply, that their bits depend on neither the thread
-count nor the CPU's vector units, and their numerics on every layout and edge the Python
-route handles. (Parity with torch.nn on both routes: tests/test_parity.py.)"""
+"""The compiled loops of bnlib.torch on a CPU (bnlib.torch._fused_kernels and
+bnlib/torch/_fused.cpp): where they apply, that their bits do not depend on the CPU's vector
+units, eval mode bit for bit as the torch-operations route, and their numerics on every
+layout and edge that route handles. (Parity with torch.nn on both routes: tests/test_parity.py.)"""
 
 import shutil
 import subprocess
@@ -80,6 +80,35 @@ def test_every_layout_matches_torch(shape, channels_last, dtype):
                                 torch.channels_last_3d) if channels_last else got[0].is_contiguous()
 
 
+def _bits(t):
+    """The bits of a float tensor as integers (torch.equal takes -0.0 for 0.0)."""
+    return t.contiguous().view(torch.int32 if t.dtype == torch.float32 else torch.int64)
+
+
+@pytest.mark.parametrize("terms", ["weight and bias", "negative weight", "none"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape,channels_last", [((50, 7), False), ((6, 5, 4, 3), True)])
+def test_eval_mode_gives_the_bits_of_the_torch_operations_route(shape, channels_last, dtype,
+                                                                 terms, monkeypatch):
+    """One pass, the same operations in the same order (subtract, multiply, add); zeros keep
+    their sign without a bias (x equal to the running mean times a negative weight: -0.0)."""
+    x, _, weight, bias = _data(shape, dtype, channels_last=channels_last)
+    mean = torch.randn(shape[1], dtype=torch.float64).to(dtype)
+    var = torch.rand(shape[1], dtype=torch.float64).to(dtype) + 0.5
+    x[0] = mean.view([-1] + [1] * (x.dim() - 2))
+    x[1] = -x[2]
+    weight, bias = {"weight and bias": (weight, bias), "negative weight": (-weight, None),
+                    "none": (None, None)}[terms]
+    args = (mean, var, weight, bias, False)
+    fused = bnt.batch_norm(x, *args)
+    if terms == "negative weight":
+        assert torch.signbit(fused[0]).all() and (fused[0] == 0).all()
+    monkeypatch.setattr(_fused_kernels, "enabled", False)
+    assert torch.equal(_bits(fused), _bits(bnt.batch_norm(x, *args)))
+    assert fused.is_contiguous(memory_format=torch.channels_last if channels_last else
+                               torch.contiguous_format)
+
+
 @pytest.mark.parametrize("x", [
     torch.randn(4, 3, dtype=torch.float16),
     torch.randn(4, 3, dtype=torch.bfloat16),
@@ -101,23 +130,20 @@ def test_batch_norm_takes_the_loops_where_they_apply(monkeypatch):
     assert calls == ["forward", "backward"]
 
 
-@pytest.mark.parametrize("shape,channels_last", [
-    ((4096, 160), False), ((64, 8, 64, 64), False), ((64, 40, 16, 16), True)])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_the_bits_do_not_depend_on_the_thread_count(shape, channels_last, dtype):
-    """Each thread takes whole channels (sums) or whole rows (outputs): every value is
-    computed as on one thread. The shapes are large enough to be split."""
-    x, dy, weight, bias = _data(shape, dtype, offset=3.0, channels_last=channels_last)
-    threads = torch.get_num_threads()
-    results = []
+@pytest.mark.parametrize("threads,nbytes,fused", [
+    (1, 64 << 20, True), (2, 64 << 20, True),   # one or two threads: any size
+    (4, 1 << 20, True),                         # more: inputs a core's cache holds
+    (4, (1 << 20) + 8, False),                  # and not larger ones
+])
+def test_with_more_than_two_threads_large_inputs_go_to_torchs_thread_pool(threads, nbytes,
+                                                                            fused):
+    x = torch.empty(nbytes // 8, 1, dtype=torch.float64)
+    before = torch.get_num_threads()
     try:
-        for count in (1, 4):
-            torch.set_num_threads(count)
-            results.append(_forward_backward(bnt.batch_norm, x, dy, weight, bias))
-    finally:
         torch.set_num_threads(threads)
-    for a, b in zip(*results):
-        assert torch.equal(a, b)
+        assert (_fused_kernels.layout(x) is not None) == fused
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_the_bits_do_not_depend_on_the_vector_unit(tmp_path):
@@ -195,10 +221,9 @@ def test_an_expanded_gradient_is_laid_out_like_the_input():
 
 
 @pytest.mark.parametrize("args,error", [
-    ((0, 1, 0), TypeError),                          # too few arguments
-    ((2, 1, 0, 1, 1, 1, 1, 0), ValueError),          # dtype code 2
-    ((0, 0, 0, 1, 1, 1, 1, 0), ValueError),          # no thread
-    ((0, 1, "x", 1, 1, 1, 1, 0), TypeError),         # not an integer
+    ((0, 0), TypeError),                             # too few arguments
+    ((2, 0, 1, 1, 1, 1, 0), ValueError),             # dtype code 2
+    ((0, "x", 1, 1, 1, 1, 0), TypeError),            # not an integer
 ])
 def test_the_module_checks_its_arguments_before_it_reads_memory(args, error):
     with pytest.raises(error):
