@@ -38,22 +38,23 @@ def no_leftover_processes():
     assert multiprocessing.active_children() == []
 
 
-def _use_fused_loops(monkeypatch, on):
-    from bnlib.torch import _fused_kernels
-    if on and not _fused_kernels.available():
-        pytest.skip("bnlib.torch's fused loops were not built (no C++ compiler at install)")
-    monkeypatch.setattr(_fused_kernels, "enabled", on)
+def _route(on):
+    from bnlib import torch as bnt
+    if on and not bnt.fused_loops_available():
+        pytest.skip("bnlib.torch's compiled loops were not built (no C++ compiler at install)")
+    return bnt.use_fused_loops(on)
 
 
 @pytest.fixture(params=["fused loops", "torch operations"])
-def cpu_route(request, monkeypatch):
-    """Run the test on both CPU routes of bnlib.torch's training mode: the compiled loops
+def cpu_route(request):
+    """Run the test on both CPU routes of bnlib.torch: the compiled loops
     (bnlib/torch/_fused.cpp) and the kernels of torch operations (bnlib/torch/_kernels.py)."""
-    _use_fused_loops(monkeypatch, request.param == "fused loops")
-    return request.param
+    with _route(request.param == "fused loops"):
+        yield request.param
 
 
 @pytest.fixture
-def torch_operations_route(monkeypatch):
+def torch_operations_route():
     """Only the kernels of torch operations (the route without the compiled loops)."""
-    _use_fused_loops(monkeypatch, False)
+    with _route(False):
+        yield

@@ -21,7 +21,7 @@ find them. Requires torch >= 2.4. On a CPU, training mode runs compiled loops wh
 built at install (``fused_loops_available()``), torch operations elsewhere.
 """
 
-from .functional import batch_norm, fused_loops_available
+from .functional import batch_norm, fused_loops_available, use_fused_loops
 from .compiled import batch_norm_compiled
 from .modules import BatchNorm1d, BatchNorm2d, BatchNorm3d
 from .norms import GroupNorm, LayerNorm, group_norm, layer_norm
@@ -37,4 +37,5 @@ __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "BatchRenorm", "FrozenBa
            "batch_norm", "batch_norm_compiled", "batch_renorm", "fold_batch_norm",
            "fold_batch_norms", "freeze_batch_norms", "fused_loops_available",
            "ghost_batch_norm", "group_norm", "is_batch_norm", "layer_norm",
-           "recompute_statistics", "relax_limits", "renorm_limits", "sync_batch_norm"]
+           "recompute_statistics", "relax_limits", "renorm_limits", "sync_batch_norm",
+           "use_fused_loops"]

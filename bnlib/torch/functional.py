@@ -30,6 +30,8 @@ Conventions (identical to ``torch.nn.functional.batch_norm``):
   the book's edge-case table (``bnlib.book.edge_cases``) lists every case with its outcome.
 """
 
+import contextlib
+
 import torch
 
 from .. import _checks
@@ -38,9 +40,29 @@ from ._formulas import (batch_statistics, formula_backward, formula_forward,
                         normalize_coefficients, update_running_stats)
 from ._reductions import HALF, as_dtype, per_channel, stats_dtype
 
-__all__ = ["batch_norm", "check_arguments", "fused_loops_available"]
+__all__ = ["batch_norm", "check_arguments", "fused_loops_available", "use_fused_loops"]
 
 _functorch_active = getattr(torch._C, "_are_functorch_transforms_active", lambda: False)
+
+
+@contextlib.contextmanager
+def use_fused_loops(enabled):
+    """Within the ``with`` block, run (``True``) or skip (``False``) the compiled CPU loops.
+
+    Skipped, bnlib.torch runs the kernels of torch operations instead, as on an install
+    without a C++ compiler: to compare the two routes, or to rule the loops out. A backward
+    takes its forward's route. The setting is global (every thread), and restored on exit.
+    ``use_fused_loops(True)`` raises RuntimeError where the loops were not built.
+    """
+    if enabled and not _fused_kernels.available():
+        raise RuntimeError("bnlib.torch's compiled loops were not built (no C++ compiler "
+                           "when bnlib was installed): use_fused_loops(True) cannot apply")
+    before = _fused_kernels.enabled
+    _fused_kernels.enabled = bool(enabled)
+    try:
+        yield
+    finally:
+        _fused_kernels.enabled = before
 
 
 def fused_loops_available():
@@ -69,15 +91,19 @@ def _eager(x):
             and not _forward_ad_active())
 
 
-def _forward(x, weight, bias, eps):
-    """The training forward: in plain eager execution the fused loops where they apply, else
-    the kernels of torch operations; the formulas everywhere else."""
-    if not _eager(x):
-        y, mean, var, invstd = formula_forward(x, weight, bias, eps)
-    elif (view := _fused_kernels.layout(x)) is not None:
+def _loops_view(x):
+    """The compiled loops' view of x (:func:`._fused_kernels.layout`) in plain eager
+    execution, None where they do not run."""
+    return _fused_kernels.layout(x) if _eager(x) else None
+
+
+def _forward(x, weight, bias, eps, view=None):
+    """The training forward: the compiled loops when given their ``view`` of x, else the
+    kernels of torch operations in plain eager execution and the formulas elsewhere."""
+    if view is not None:
         return _fused_kernels.forward(x, weight, bias, eps, view)
-    else:
-        y, mean, var, invstd = _kernels.forward(x, weight, bias, eps)
+    run = _kernels.forward if _eager(x) else formula_forward
+    y, mean, var, invstd = run(x, weight, bias, eps)
     return as_dtype(y, x.dtype), mean, var, invstd
 
 
@@ -108,8 +134,8 @@ def _backward(ctx, dy, _dmean, _dvar, _dinvstd):
         dx, dgamma, dbeta = formula_backward(x, dy, weight, mean, invstd)
     elif not _eager(x):
         dx, dgamma, dbeta = formula_backward(x, dy, weight, mean, invstd)
-    elif (view := _fused_kernels.layout(x)) is not None:
-        dx, dgamma, dbeta = _fused_kernels.backward(x, dy, weight, mean, invstd, view)
+    elif getattr(ctx, "view", None) is not None:  # the forward's route
+        dx, dgamma, dbeta = _fused_kernels.backward(x, dy, weight, mean, invstd, ctx.view)
     else:
         dx, dgamma, dbeta = _kernels.backward(x, dy, weight, mean, invstd)
     dweight = as_dtype(dgamma, weight.dtype) if ctx.needs_input_grad[1] else None
@@ -126,7 +152,8 @@ class _BatchNormFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, eps):
-        output = _forward(x, weight, bias, eps)
+        ctx.view = _loops_view(x)  # the backward takes the forward's route
+        output = _forward(x, weight, bias, eps, ctx.view)
         _save(ctx, (x, weight, bias, eps), output)
         return output
 
@@ -141,8 +168,12 @@ class _BatchNormFunctionForTransforms(torch.autograd.Function):
     batch norm."""
 
     generate_vmap_rule = True
-    forward = staticmethod(_forward)
     setup_context = staticmethod(_save)
+
+    @staticmethod
+    def forward(x, weight, bias, eps):  # (its arguments are the inputs setup_context gets)
+        return _forward(x, weight, bias, eps)
+
     backward = staticmethod(_backward)
 
 
@@ -246,7 +277,7 @@ def _train_forward(x, weight, bias, eps):
     if _tracked(x, weight, bias) and not _forward_ad_active():
         function = _BatchNormFunction if _eager(x) else _BatchNormFunctionForTransforms
         return function.apply(x, weight, bias, eps)
-    return _forward(x, weight, bias, eps)
+    return _forward(x, weight, bias, eps, _loops_view(x))
 
 
 def _normalize_fixed(x, mean, var, weight, bias, eps):
@@ -258,7 +289,7 @@ def _normalize_fixed(x, mean, var, weight, bias, eps):
     without two extra input-sized allocations.
     """
     untracked = not _tracked(x, weight, bias) and _eager(x)
-    if untracked and (view := _fused_kernels.layout(x)) is not None:
+    if untracked and (view := _loops_view(x)) is not None:
         y = _fused_kernels.normalize_fixed(x, mean, var, weight, bias, eps, view)
         if y is not None:
             return y

@@ -19,10 +19,11 @@ pytestmark = pytest.mark.usefixtures("fused_loops")
 
 
 @pytest.fixture
-def fused_loops(monkeypatch):
-    if not _fused_kernels.available():
-        pytest.skip("bnlib.torch's fused loops were not built (no C++ compiler at install)")
-    monkeypatch.setattr(_fused_kernels, "enabled", True)
+def fused_loops():
+    if not bnt.fused_loops_available():
+        pytest.skip("bnlib.torch's compiled loops were not built (no C++ compiler at install)")
+    with bnt.use_fused_loops(True):
+        yield
 
 
 def _data(shape, dtype=torch.float64, seed=0, offset=0.0, channels_last=False):
@@ -80,6 +81,32 @@ def test_every_layout_matches_torch(shape, channels_last, dtype):
                                 torch.channels_last_3d) if channels_last else got[0].is_contiguous()
 
 
+def test_use_fused_loops_switches_them_for_the_block_and_the_backward_follows_its_forward(
+        monkeypatch):
+    calls = []
+    for name in ("forward", "backward"):
+        original = getattr(_fused_kernels, name)
+        monkeypatch.setattr(_fused_kernels, name,
+                            lambda *a, _f=original, _n=name: calls.append(_n) or _f(*a))
+    x = torch.randn(8, 3, dtype=torch.float64, requires_grad=True)
+    with bnt.use_fused_loops(False):
+        y = bnt.batch_norm(x, None, None, training=True)
+        assert not _fused_kernels.enabled
+    assert _fused_kernels.enabled
+    y.sum().backward()  # outside the block: still the torch operations, as its forward
+    assert calls == []
+    with pytest.raises(ValueError), bnt.use_fused_loops(False):
+        raise ValueError  # restored on an exception too
+    assert _fused_kernels.enabled
+
+
+def test_use_fused_loops_true_without_the_loops_is_an_error(monkeypatch):
+    monkeypatch.setattr(_fused_kernels, "_fused", None)
+    with pytest.raises(RuntimeError, match="not built"):
+        with bnt.use_fused_loops(True):
+            pass
+
+
 def _bits(t):
     """The bits of a float tensor as integers (torch.equal takes -0.0 for 0.0)."""
     return t.contiguous().view(torch.int32 if t.dtype == torch.float32 else torch.int64)
@@ -89,7 +116,7 @@ def _bits(t):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("shape,channels_last", [((50, 7), False), ((6, 5, 4, 3), True)])
 def test_eval_mode_gives_the_bits_of_the_torch_operations_route(shape, channels_last, dtype,
-                                                                 terms, monkeypatch):
+                                                                 terms):
     """One pass, the same operations in the same order (subtract, multiply, add); zeros keep
     their sign without a bias (x equal to the running mean times a negative weight: -0.0)."""
     x, _, weight, bias = _data(shape, dtype, channels_last=channels_last)
@@ -103,8 +130,8 @@ def test_eval_mode_gives_the_bits_of_the_torch_operations_route(shape, channels_
     fused = bnt.batch_norm(x, *args)
     if terms == "negative weight":
         assert torch.signbit(fused[0]).all() and (fused[0] == 0).all()
-    monkeypatch.setattr(_fused_kernels, "enabled", False)
-    assert torch.equal(_bits(fused), _bits(bnt.batch_norm(x, *args)))
+    with bnt.use_fused_loops(False):
+        assert torch.equal(_bits(fused), _bits(bnt.batch_norm(x, *args)))
     assert fused.is_contiguous(memory_format=torch.channels_last if channels_last else
                                torch.contiguous_format)
 
