@@ -9,19 +9,25 @@ The flags fix the floating-point semantics: no fast-math and no contracted multi
 that every CPU computes the same bits.
 """
 
+import platform
+
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-GCC_FLAGS = ["-O3", "-std=c++17", "-fno-fast-math", "-ffp-contract=off", "-pthread",
-             "-Wno-psabi"]
+FLAGS = ["-O3", "-std=c++17", "-fno-fast-math", "-ffp-contract=off", "-Wno-psabi"]
+# 32-bit x86 computes in the x87 unit's 80-bit registers unless told to use SSE2.
+X87_FLAGS = ["-msse2", "-mfpmath=sse"] if platform.machine() in ("i386", "i686") else []
 
 
 class BuildExt(build_ext):
     def build_extensions(self):
-        unix = self.compiler.compiler_type != "msvc"
+        if self.compiler.compiler_type == "msvc":  # no GCC vector extensions
+            print("bnlib: MSVC cannot build the compiled loops; bnlib.torch runs torch "
+                  "operations instead")
+            self.extensions = []
+            return
         for ext in self.extensions:
-            ext.extra_compile_args = GCC_FLAGS if unix else ["/O2", "/fp:precise"]
-            ext.extra_link_args = ["-pthread"] if unix else []
+            ext.extra_compile_args = FLAGS + X87_FLAGS
         super().build_extensions()
 
 

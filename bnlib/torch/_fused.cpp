@@ -19,7 +19,8 @@
  * Layout: x is viewed as (outer, C, inner) with strides (C * inner, inner, 1): a contiguous
  * (N, C, *) tensor as (N, C, prod(spatial)), (N, C) as (N, C, 1) and a channels-last one as
  * (N * prod(spatial), C, 1). dy and out have x's layout; per-channel vectors are contiguous.
- * The Python side (bnlib/torch/_kernels.py) checks all of this before it passes addresses.
+ * The Python side (bnlib/torch/_fused_kernels.py) checks all of this before it passes
+ * addresses, in the backward too (saved tensors may come back changed by hooks).
  *
  * Numerics: elements are float32 or float64 (dtype code 0 or 1), and so is the arithmetic
  * of each element. Sums are accumulated in the element type over at most 64 values per
@@ -37,6 +38,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <new>
 #include <vector>
 
 namespace {
@@ -71,26 +73,18 @@ struct Simd;
 template <>
 struct Simd<float> {
     typedef float V __attribute__((vector_size(32)));
-    typedef double W __attribute__((vector_size(64)));  // V's lanes in double
     static constexpr int N = 8;
 };
 template <>
 struct Simd<double> {
     typedef double V __attribute__((vector_size(32)));
-    typedef double W __attribute__((vector_size(32)));
     static constexpr int N = 4;
 };
-
-template <typename V, typename T>
-INLINE void store(T *p, V v) {
-    std::memcpy(p, &v, sizeof v);
-}
 
 // s[0..N) += v's lanes, in double.
 template <typename T>
 INLINE void add_in_double(double *s, typename Simd<T>::V v) {
-    using W = typename Simd<T>::W;
-    store(s, load<W>(s) + __builtin_convertvector(v, W));
+    for (int j = 0; j < Simd<T>::N; j++) s[j] += static_cast<double>(v[j]);
 }
 
 /* The two sums of one pass, per value of channel c (x, and dy for the backward):
@@ -257,10 +251,11 @@ INLINE void affine_rows(const T *x, const Layout &l, const T *centre, const T *s
         affine_loop<Terms::none>(x, l, centre, scale, b, dy, t, out);
 }
 
-/* The loops' entry points, compiled twice on x86-64 ELF targets (Linux): for AVX2 and for
- * the baseline (SSE2), the one the CPU supports chosen when the module loads. Both run the
- * same operations on each lane, so they give the same bits. */
-#if defined(__x86_64__) && defined(__ELF__) && !defined(BNLIB_NO_CLONES) && \
+/* The loops' entry points, compiled twice on x86-64 Linux with glibc (whose ifunc picks one
+ * when the module loads): for AVX2 and for the baseline (SSE2). Both run the same operations
+ * on each lane, so they give the same bits (up to the sign and payload of a NaN). */
+#if defined(__x86_64__) && defined(__ELF__) && defined(__GLIBC__) && \
+    !defined(BNLIB_NO_CLONES) && \
     (defined(__clang__) ? __clang_major__ >= 14 : __GNUC__ >= 6)
 #define VECTOR_CLONES __attribute__((target_clones("avx2", "default")))
 #else
@@ -381,9 +376,15 @@ template <void (*F32)(const long long *), void (*F64)(const long long *), int AR
 PyObject *binding(PyObject *, PyObject *const *args, Py_ssize_t nargs) {
     long long v[ARGS];
     if (!read_args(args, nargs, ARGS, v)) return nullptr;
+    bool out_of_memory = false;  // (the per-channel scratch vectors)
     Py_BEGIN_ALLOW_THREADS
-    (v[0] == 0 ? F32 : F64)(v);
+    try {
+        (v[0] == 0 ? F32 : F64)(v);
+    } catch (const std::bad_alloc &) {
+        out_of_memory = true;
+    }
     Py_END_ALLOW_THREADS
+    if (out_of_memory) return PyErr_NoMemory();
     Py_RETURN_NONE;
 }
 
@@ -407,4 +408,10 @@ PyModuleDef module = {PyModuleDef_HEAD_INIT, "_fused",
 
 }  // namespace
 
-PyMODINIT_FUNC PyInit__fused(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__fused(void) {
+    PyObject *m = PyModule_Create(&module);
+#ifdef Py_GIL_DISABLED
+    if (m) PyUnstable_Module_SetGIL(m, Py_MOD_GIL_NOT_USED);  // no Python state is shared
+#endif
+    return m;
+}

@@ -21,6 +21,8 @@ channel, biased variance); the pivot is that of :func:`._reductions.pivot`, the 
 first values of each channel (about PIVOT_VALUES of them), 0 where not finite.
 """
 
+import contextvars
+
 import torch
 
 from ._formulas import backward_coefficients, normalize_coefficients
@@ -31,8 +33,8 @@ try:
 except ImportError:  # installed without a C++ compiler
     _fused = None
 
-# Switched off by tests that exercise the torch-operations route on the same inputs.
-enabled = _fused is not None
+# Whether the loops may run in this thread (and context): bnlib.torch.use_fused_loops.
+_ENABLED = contextvars.ContextVar("bnlib_fused_loops", default=True)
 
 # On the 2-core machine that builds the book, the one-thread loops took 0.8 (64, 64, 32, 32)
 # and 0.84 (32, 256, 14, 14) of native's forward+backward time at 2 threads, where the
@@ -52,19 +54,21 @@ def available():
     return _fused is not None
 
 
-def layout(x):
-    """How the loops see x: ``(dtype code, outer, C, inner, pivot_rows, memory format)``, or None.
+def enabled():
+    """True when the loops were built and are not switched off in this context."""
+    return _fused is not None and _ENABLED.get()
 
-    x is viewed as (outer, C, inner) with strides (C * inner, inner, 1): contiguous
-    ``(N, C, *)`` as ``(N, C, prod(spatial))`` and channels-last as
-    ``(N * prod(spatial), C, 1)``. ``pivot_rows`` of the outer dim hold the first
-    ``min(N, ceil(PIVOT_VALUES / prod(spatial)))`` samples. None where the loops do not apply
-    (not built or switched off, not a CPU tensor, half precision, another layout, or larger
-    than SMALL_BYTES while torch may use more than MAX_THREADS threads).
-    """
-    if not enabled or x.device.type != "cpu" or x.dtype not in _DTYPE_CODES:
-        return None
-    if torch.get_num_threads() > MAX_THREADS and x.numel() * x.element_size() > SMALL_BYTES:
+
+def _plain(t):
+    """A dense tensor whose memory holds its values: not a lazy negation (``is_neg``), not an
+    efficient zero tensor (no memory at all), not sparse or mkldnn."""
+    return (t.layout == torch.strided and not t.is_neg()
+            and not (hasattr(t, "_is_zerotensor") and t._is_zerotensor()))
+
+
+def _view(x):
+    """:func:`layout` without the switch and the threads rule: the layout alone."""
+    if x.device.type != "cpu" or x.dtype not in _DTYPE_CODES or x.numel() == 0 or not _plain(x):
         return None
     n, c = x.shape[0], x.shape[1]
     spatial = x.numel() // (n * c)
@@ -75,6 +79,24 @@ def layout(x):
     if memory_format is not None and x.is_contiguous(memory_format=memory_format):
         return _DTYPE_CODES[x.dtype], n * spatial, c, 1, samples * spatial, memory_format
     return None
+
+
+def layout(x):
+    """How the loops see x: ``(dtype code, outer, C, inner, pivot_rows, memory format)``, or None.
+
+    x is viewed as (outer, C, inner) with strides (C * inner, inner, 1): contiguous
+    ``(N, C, *)`` as ``(N, C, prod(spatial))`` and channels-last as
+    ``(N * prod(spatial), C, 1)``. ``pivot_rows`` of the outer dim hold the first
+    ``min(N, ceil(PIVOT_VALUES / prod(spatial)))`` samples. None where the loops do not apply
+    (not built or switched off, not a CPU tensor, half precision, empty, another layout or not
+    plain memory, or larger than SMALL_BYTES while torch may use more than MAX_THREADS
+    threads).
+    """
+    if not enabled():
+        return None
+    if torch.get_num_threads() > MAX_THREADS and x.numel() * x.element_size() > SMALL_BYTES:
+        return None
+    return _view(x)
 
 
 def _address(t):
@@ -89,7 +111,7 @@ def _affine(x, view, centre, scale, offset, dy=None, dy_scale=None):
     None: no such term); dy, when given, is laid out as x.
     """
     code, outer, c, inner, _, memory_format = view
-    out = torch.empty(x.shape, dtype=x.dtype, memory_format=memory_format)
+    out = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=memory_format)
     _fused.affine(code, x.data_ptr(), outer, c, inner, centre.data_ptr(), scale.data_ptr(),
                   _address(offset), _address(dy), _address(dy_scale), out.data_ptr())
     return out
@@ -105,7 +127,7 @@ def forward(x, weight, bias, eps, view):
     (:func:`._formulas.normalize_coefficients`).
     """
     code, outer, c, inner, pivot_rows, _ = view
-    stats = torch.empty((4, c), dtype=x.dtype)
+    stats = torch.empty((4, c), dtype=x.dtype, device=x.device)
     _fused.moments(code, x.data_ptr(), outer, c, inner, pivot_rows, stats.data_ptr())
     k, shift, mean, var = stats.unbind()
     invstd, scale, offset = normalize_coefficients(var, eps, weight, bias, shift)
@@ -113,18 +135,23 @@ def forward(x, weight, bias, eps, view):
 
 
 def backward(x, dy, weight, mean, invstd, view):
-    """``dx, dgamma, dbeta`` by the closed form, x laid out as ``view`` (:func:`layout`).
+    """``dx, dgamma, dbeta`` by the closed form, x laid out as ``view`` (:func:`layout` of the
+    forward), or None where the saved x or mean no longer fit that view (a saved-tensor hook
+    may return them in another layout or dtype) or dy is not plain memory: the caller then
+    takes the kernels of torch operations.
 
     Pass 1 (``sums``): ``sum(dy)`` and ``sum(dy * (x - mean))``; the coefficients of
     :func:`._formulas.backward_coefficients`; pass 2 (``affine``):
     ``dx = (x - mean) * a + b + dy * scale``. dy is first laid out as x (a copy only when it
     is not, e.g. the expanded gradient of a sum).
     """
+    if _view(x) != view or not (mean.dtype == x.dtype and mean.is_contiguous() and _plain(dy)):
+        return None  # what was saved came back changed (saved-tensor hooks), or dy is not plain
     code, outer, c, inner, _, memory_format = view
     dy = as_dtype(dy, x.dtype)
     if not dy.is_contiguous(memory_format=memory_format):
         dy = dy.contiguous(memory_format=memory_format)
-    sums = torch.empty((2, c), dtype=x.dtype)
+    sums = torch.empty((2, c), dtype=x.dtype, device=x.device)
     _fused.sums(code, x.data_ptr(), dy.data_ptr(), outer, c, inner, mean.data_ptr(),
                 sums.data_ptr())
     sum_dy, sum_dy_c = sums.unbind()
@@ -137,7 +164,9 @@ def normalize_fixed(x, mean, var, weight, bias, eps, view):
     """Eval mode, ``y = (x - mean) * scale + offset`` per channel in one pass, or None.
 
     The same operations in the same order as the torch-operations route (subtract, multiply,
-    add, each rounded to x's dtype), so the same bits. None (the caller takes that route)
+    add, each rounded to x's dtype), so the same bits (a NaN's sign and payload aside: where
+    x and the scale are both NaN the two may pick different ones). None (the caller takes
+    that route)
     where the running statistics are not contiguous vectors of x's dtype.
     """
     if not (mean.dtype == var.dtype == x.dtype and mean.is_contiguous()):

@@ -51,18 +51,18 @@ def use_fused_loops(enabled):
 
     Skipped, bnlib.torch runs the kernels of torch operations instead, as on an install
     without a C++ compiler: to compare the two routes, or to rule the loops out. A backward
-    takes its forward's route. The setting is global (every thread), and restored on exit.
-    ``use_fused_loops(True)`` raises RuntimeError where the loops were not built.
+    takes its forward's route. The setting holds in the current thread (a
+    ``contextvars`` context: other threads and asyncio tasks keep theirs) and is restored on
+    exit. ``use_fused_loops(True)`` raises RuntimeError where the loops were not built.
     """
     if enabled and not _fused_kernels.available():
         raise RuntimeError("bnlib.torch's compiled loops were not built (no C++ compiler "
                            "when bnlib was installed): use_fused_loops(True) cannot apply")
-    before = _fused_kernels.enabled
-    _fused_kernels.enabled = bool(enabled)
+    token = _fused_kernels._ENABLED.set(bool(enabled))
     try:
         yield
     finally:
-        _fused_kernels.enabled = before
+        _fused_kernels._ENABLED.reset(token)
 
 
 def fused_loops_available():
@@ -91,10 +91,14 @@ def _eager(x):
             and not _forward_ad_active())
 
 
+_dispatch_modes = getattr(torch._C, "_len_torch_dispatch_stack", lambda: 0)
+
+
 def _loops_view(x):
     """The compiled loops' view of x (:func:`._fused_kernels.layout`) in plain eager
-    execution, None where they do not run."""
-    return _fused_kernels.layout(x) if _eager(x) else None
+    execution, None where they do not run: also under a ``TorchDispatchMode`` (``make_fx``,
+    ``FlopCounterMode``), which sees torch operations but not the loops."""
+    return _fused_kernels.layout(x) if _eager(x) and _dispatch_modes() == 0 else None
 
 
 def _forward(x, weight, bias, eps, view=None):
@@ -134,10 +138,11 @@ def _backward(ctx, dy, _dmean, _dvar, _dinvstd):
         dx, dgamma, dbeta = formula_backward(x, dy, weight, mean, invstd)
     elif not _eager(x):
         dx, dgamma, dbeta = formula_backward(x, dy, weight, mean, invstd)
-    elif getattr(ctx, "view", None) is not None:  # the forward's route
-        dx, dgamma, dbeta = _fused_kernels.backward(x, dy, weight, mean, invstd, ctx.view)
-    else:
-        dx, dgamma, dbeta = _kernels.backward(x, dy, weight, mean, invstd)
+    else:  # the forward's route, where what it saved still fits it
+        view = getattr(ctx, "view", None)
+        grads = None if view is None else _fused_kernels.backward(x, dy, weight, mean, invstd,
+                                                                  view)
+        dx, dgamma, dbeta = grads or _kernels.backward(x, dy, weight, mean, invstd)
     dweight = as_dtype(dgamma, weight.dtype) if ctx.needs_input_grad[1] else None
     dbias = as_dtype(dbeta, ctx.bias_dtype) if ctx.needs_input_grad[2] else None
     return as_dtype(dx, x.dtype), dweight, dbias, None

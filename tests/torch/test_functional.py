@@ -88,3 +88,14 @@ def test_autocast_does_not_round_the_statistics(shape, device):
     assert y.dtype == torch.float32
     for got, want in ((y, ref), (x.grad, xd.grad), (w.grad, wd.grad)):
         assert (got.double() - want).abs().max() < 1e-5 * want.abs().max()
+
+
+@pytest.mark.usefixtures("cpu_route")
+@pytest.mark.parametrize("shape", [(0, 3), (4, 3, 0), (0, 3, 2, 2)])
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_an_empty_input_gives_an_empty_output_as_in_torch(shape, training):
+    rm, rv = torch.zeros(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64)
+    x = torch.empty(shape, dtype=torch.float64)
+    y = bnt.batch_norm(x, rm, rv, training=training)
+    want = torch.nn.functional.batch_norm(x, rm.clone(), rv.clone(), training=training)
+    assert y.shape == want.shape == shape and torch.equal(rm, torch.zeros(3, dtype=torch.float64))

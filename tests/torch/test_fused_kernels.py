@@ -91,13 +91,13 @@ def test_use_fused_loops_switches_them_for_the_block_and_the_backward_follows_it
     x = torch.randn(8, 3, dtype=torch.float64, requires_grad=True)
     with bnt.use_fused_loops(False):
         y = bnt.batch_norm(x, None, None, training=True)
-        assert not _fused_kernels.enabled
-    assert _fused_kernels.enabled
+        assert not _fused_kernels.enabled()
+    assert _fused_kernels.enabled()
     y.sum().backward()  # outside the block: still the torch operations, as its forward
     assert calls == []
     with pytest.raises(ValueError), bnt.use_fused_loops(False):
         raise ValueError  # restored on an exception too
-    assert _fused_kernels.enabled
+    assert _fused_kernels.enabled()
 
 
 def test_use_fused_loops_true_without_the_loops_is_an_error(monkeypatch):
@@ -127,7 +127,13 @@ def test_eval_mode_gives_the_bits_of_the_torch_operations_route(shape, channels_
     weight, bias = {"weight and bias": (weight, bias), "negative weight": (-weight, None),
                     "none": (None, None)}[terms]
     args = (mean, var, weight, bias, False)
-    fused = bnt.batch_norm(x, *args)
+    calls = []
+    original = _fused_kernels.normalize_fixed
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_fused_kernels, "normalize_fixed",
+                      lambda *a: calls.append(1) or original(*a))
+        fused = bnt.batch_norm(x, *args)
+    assert calls and fused is not None  # the loops ran
     if terms == "negative weight":
         assert torch.signbit(fused[0]).all() and (fused[0] == 0).all()
     with bnt.use_fused_loops(False):
@@ -173,46 +179,68 @@ def test_with_more_than_two_threads_large_inputs_go_to_torchs_thread_pool(thread
         torch.set_num_threads(before)
 
 
-def test_the_bits_do_not_depend_on_the_vector_unit(tmp_path):
-    """The same source built without the AVX2 clone (baseline SSE2 only) computes the same
-    bits as the installed module, whichever clone this CPU runs."""
+def _build(tmp_path, name, *flags):
+    """The loops compiled from source into tmp_path/name, one vector unit (no clones)."""
     compiler = shutil.which("g++") or shutil.which("c++")
-    if compiler is None:
-        pytest.skip("no C++ compiler on this machine")
     source = _fused_kernels.__file__.replace("_fused_kernels.py", "_fused.cpp")
-    target = tmp_path / f"_fused{sysconfig.get_config_var('EXT_SUFFIX')}"
-    subprocess.run([compiler, "-DBNLIB_NO_CLONES", "-O3", "-std=c++17", "-ffp-contract=off",
-                    "-fno-fast-math", "-Wno-psabi", "-pthread", "-fPIC", "-shared",
+    target = tmp_path / name / f"_fused{sysconfig.get_config_var('EXT_SUFFIX')}"
+    target.parent.mkdir()
+    subprocess.run([compiler, "-DBNLIB_NO_CLONES", *flags, "-O3", "-std=c++17",
+                    "-ffp-contract=off", "-fno-fast-math", "-Wno-psabi", "-fPIC", "-shared",
                     f"-I{sysconfig.get_paths()['include']}", source, "-o", str(target)],
                    check=True)
-    code = (
-        "import sys, torch\n"
-        f"sys.path.insert(0, {str(tmp_path)!r})\n"
-        "import _fused\n"
-        "from bnlib.torch import _fused_kernels\n"
-        "_fused_kernels._fused = _fused\n"
-        "from tests.torch.test_fused_kernels import _data, _forward_backward\n"
-        "from bnlib import torch as bnt\n"
-        "out = []\n"
-        "for shape, dtype in [((300, 37), torch.float32), ((6, 19, 9, 7), torch.float32),\n"
-        "                     ((300, 37), torch.float64), ((6, 19, 9, 7), torch.float64)]:\n"
-        "    out.append(_forward_backward(bnt.batch_norm, *_data(shape, dtype, offset=5.0)))\n"
-        "torch.save(out, sys.argv[1])\n"
-    )
-    baseline, installed = tmp_path / "baseline.pt", tmp_path / "installed.pt"
-    subprocess.run([sys.executable, "-c", code, str(baseline)], check=True)
-    subprocess.run([sys.executable, "-c", code.replace("_fused_kernels._fused = _fused", ""),
-                    str(installed)], check=True)
-    for a, b in zip(torch.load(baseline), torch.load(installed)):
+    return target.parent
+
+
+# Run in a subprocess with one build of the loops: forward and backward (single-pass and
+# two-pass variance) and eval mode, float32 and float64, both layouts; saves the results.
+_RUN_WITH_BUILD = """
+import sys, torch
+sys.path.insert(0, sys.argv[1])
+import _fused
+from bnlib.torch import _fused_kernels
+_fused_kernels._fused = _fused
+from bnlib import torch as bnt
+from tests.torch.test_fused_kernels import _data, _forward_backward
+out = []
+for shape, dtype in [((300, 37), torch.float32), ((12, 19, 9, 7), torch.float32),
+                     ((300, 37), torch.float64), ((12, 19, 9, 7), torch.float64)]:
+    x, dy, weight, bias = _data(shape, dtype, offset=5.0)
+    out.append(_forward_backward(bnt.batch_norm, x, dy, weight, bias))
+    x[:-(-16 // x[0, 0].numel())] = 60.0  # the pivot's samples far off: two-pass variance
+    out.append(_forward_backward(bnt.batch_norm, x, dy, weight, bias))
+    out.append([bnt.batch_norm(x, bias, weight, -weight, None, False)])  # eval, no offset
+torch.save(out, sys.argv[2])
+"""
+
+
+def test_the_bits_do_not_depend_on_the_vector_unit(tmp_path):
+    """The source compiled for SSE2 (x86-64's baseline) and for Haswell (AVX2 and FMA: a
+    multiply-add the compiler contracted would change the bits) computes the same bits."""
+    if shutil.which("g++") is None and shutil.which("c++") is None:
+        pytest.skip("no C++ compiler on this machine")
+    if torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
+        pytest.skip("this CPU has no AVX2: only one vector unit to run")
+    results = []
+    for name, flags in (("sse2", ["-march=x86-64"]), ("avx2", ["-march=haswell"])):
+        directory = _build(tmp_path, name, *flags)
+        saved = tmp_path / f"{name}.pt"
+        subprocess.run([sys.executable, "-c", _RUN_WITH_BUILD, str(directory), str(saved)],
+                       check=True)
+        results.append(torch.load(saved))
+    for a, b in zip(*results):
         for u, v in zip(a, b):
-            assert torch.equal(u, v)
+            assert torch.equal(_bits(u), _bits(v))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_a_far_pivot_takes_the_two_pass_variance(dtype):
-    """Channel 0 starts with 16 values of 50 among 50000 N(0, 1): the pivot is far from the
-    mean (shift^2 > 4 var), so the loops sum the squares about the mean in a second pass."""
-    x, dy, weight, bias = _data((50000, 3))
+    """Channel 0 starts with 16 values of 50 among 40000 N(0, 1): the pivot is far from the
+    mean (shift^2 > 4 var), so the loops sum the squares about the mean in a second pass.
+    (In float32 the single-pass variance would lose about 2500 times the rounding error, far
+    beyond the bound; in float64 the double sums hide it, so only float32 detects a broken
+    fallback.)"""
+    x, dy, weight, bias = _data((40000, 3))  # 960 KB in float64: the loops at any thread count
     x[:16, 0] = 50.0
     x, weight, bias = x.to(dtype), weight.to(dtype), bias.to(dtype)
     view = _fused_kernels.layout(x)
@@ -255,3 +283,88 @@ def test_an_expanded_gradient_is_laid_out_like_the_input():
 def test_the_module_checks_its_arguments_before_it_reads_memory(args, error):
     with pytest.raises(error):
         _fused_kernels._fused.moments(*args)
+
+
+def test_a_default_device_does_not_move_the_loops_buffers():
+    """Under ``torch.device("meta")`` (or set_default_device) a CPU input still gets CPU
+    buffers: the loops write only where x lives."""
+    x, dy, weight, bias = _data((16, 3, 4))
+    want = _forward_backward(torch.nn.functional.batch_norm, x, dy, weight, bias)
+    with torch.device("meta"):
+        got = _forward_backward(bnt.batch_norm, x, dy, weight, bias)
+        y_eval = bnt.batch_norm(x, bias, weight + 1, weight, bias, False)
+    for g, w in zip(got, want):
+        assert g.device.type == "cpu" and rel_err(g, w) < TOL
+    assert rel_err(y_eval, torch.nn.functional.batch_norm(x, bias, weight + 1, weight, bias,
+                                                          False)) < TOL
+
+
+def _repack_contiguous(t):
+    return t.contiguous()
+
+
+def test_saved_tensors_that_come_back_changed_take_the_torch_operations_route():
+    """A saved-tensor hook may return x in another layout (here contiguous, as
+    save_on_cpu(pin_memory=True) does) or dtype: the backward checks what it got back."""
+    x, dy, weight, bias = _data((8, 6, 5, 4), channels_last=True)
+    want = _forward_backward(torch.nn.functional.batch_norm, x, dy, weight, bias)
+    with torch.autograd.graph.saved_tensors_hooks(_repack_contiguous, _repack_contiguous):
+        got = _forward_backward(bnt.batch_norm, x, dy, weight, bias)
+    for g, w in zip(got, want):
+        assert rel_err(g, w) < TOL
+    # float64 saved as float32: no crash, gradients to float32 rounding
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: t.float(), lambda t: t):
+        got = _forward_backward(bnt.batch_norm, x, dy, weight, bias)
+    for g, w in zip(got[1:], want[1:]):
+        assert rel_err(g, w) < 1e-5
+
+
+def test_make_fx_traces_torch_operations_not_the_loops():
+    """A dispatch mode (make_fx, FlopCounterMode) sees only torch operations: with one
+    active, the loops stand aside and the traced graph computes batch norm."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    x = torch.randn(10, 3, 4, dtype=torch.float64)
+
+    def f(t):
+        return bnt.batch_norm(t, None, None, training=True)
+
+    graph = make_fx(f)(x)
+    x2 = torch.randn(10, 3, 4, dtype=torch.float64)
+    assert rel_err(graph(x2), torch.nn.functional.batch_norm(x2, None, None,
+                                                             training=True)) < TOL
+
+
+def test_a_lazy_negation_or_a_zero_gradient_takes_the_torch_operations_route():
+    """Tensors whose memory does not hold their values (a negative view, an efficient zero
+    tensor) are not handed to the loops."""
+    x, dy, weight, bias = _data((8, 3))
+    negated = torch._neg_view(x)
+    assert negated.is_neg() and _fused_kernels.layout(negated) is None
+    assert rel_err(bnt.batch_norm(negated, None, None, training=True),
+                   torch.nn.functional.batch_norm(-x, None, None, training=True)) < TOL
+    zero = torch._efficientzerotensor(x.shape, dtype=x.dtype)
+    got = _forward_backward(bnt.batch_norm, x, zero, weight, bias)
+    assert not got[1].any() and not got[2].any() and not got[3].any()
+
+
+def test_use_fused_loops_holds_in_its_own_thread_only():
+    import threading
+
+    inside, release, seen = threading.Event(), threading.Event(), []
+
+    def worker():
+        with bnt.use_fused_loops(False):
+            inside.set()
+            release.wait(10)
+            seen.append(_fused_kernels.enabled())
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    inside.wait(10)
+    try:
+        assert _fused_kernels.enabled()  # this thread: still on
+    finally:
+        release.set()
+        thread.join()
+    assert seen == [False]
