@@ -1,13 +1,14 @@
 /* bnlib.torch._fused: the passes over memory of bnlib.torch's training-mode batch norm on a
- * CPU, fused into three loops.
+ * CPU, fused into three loops (training and eval mode).
  *
  * Batch norm is memory-bound, and on small inputs bound by the count of operations too:
  * in torch's eager operations the forward takes five or six passes over memory and a forward
  * and backward some forty operations (bnlib/torch/_kernels.py), where these loops take two
- * passes each way, in two calls.
+ * passes each way in training, in two calls, and one pass in eval mode.
  *
- * The formulas are not here: bnlib/torch/_formulas.py turns the sums computed here into
- * per-channel coefficients, and these loops apply them.
+ * The coefficients are not computed here: bnlib/torch/_formulas.py turns the statistics and
+ * sums computed here into per-channel coefficients (normalize_coefficients,
+ * backward_coefficients), as for every route, and the affine loop applies them.
  *
  *   moments(x)            pivot K (the mean of the first values of each channel),
  *                         shift = mean(x - K), mean = K + shift and the biased variance
