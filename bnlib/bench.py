@@ -19,10 +19,12 @@ Examples::
     python -m bnlib.bench                      # the standard shapes, 1 thread, float32
     python -m bnlib.bench --threads 2 --json bench.json
     python -m bnlib.bench --quick              # small shapes, few samples (< 30 s): a smoke test
+    python -m bnlib.bench --no-fused-loops     # bnlib.torch in torch operations only
     python -m bnlib.bench --device cuda --dtype bfloat16 --shape 256,256,56,56
 """
 
 import argparse
+import contextlib
 import ctypes
 import ctypes.util
 import glob
@@ -398,8 +400,17 @@ def main(argv=None):
     parser.add_argument("--keep-freed-memory", action="store_true",
                         help="keep freed memory in this process (glibc), so that no call pays "
                              "page faults for memory the allocator returned to the system")
+    parser.add_argument("--no-fused-loops", action="store_true",
+                        help="time bnlib.torch without its compiled CPU loops (its kernels of "
+                             "torch operations, as on an install without a C++ compiler)")
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     args = parser.parse_args(argv)
+    with bnt.use_fused_loops(False) if args.no_fused_loops else contextlib.nullcontext():
+        return _run(args)
+
+
+def _run(args):
+    """The benchmark of :func:`main`'s parsed arguments."""
 
     kept = keep_freed_memory() if args.keep_freed_memory else False
     if args.keep_freed_memory and not kept:
@@ -408,15 +419,17 @@ def main(argv=None):
     device = torch.device(args.device)
     shapes = args.shape or (QUICK_SHAPES if args.quick else STANDARD_SHAPES)
     samples, warmup = (5, 1) if args.quick else (args.samples, args.warmup)
+    loops = bnt.fused_loops_available() and not args.no_fused_loops
     results = {"torch": torch.__version__, "threads": args.threads, "samples": samples,
-               "fused_loops": bnt.fused_loops_available(),
+               "fused_loops": loops,
                "freed_memory_kept": kept, "shapes": []}
     print(f"bnlib benchmark: torch {torch.__version__}, {args.threads} thread(s), "
           f"{samples} interleaved samples; ratios are median (min-max) of time / native"
           + ("; freed memory kept (no page faults from the allocator)" if kept else ""))
-    print("bnlib.torch's CPU training route: " + ("compiled loops (bnlib/torch/_fused.cpp)"
-          if bnt.fused_loops_available() else "torch operations (the compiled loops were "
-          "not built: no C++ compiler at install)"))
+    print("bnlib.torch's CPU route: " + (
+        "compiled loops (bnlib/torch/_fused.cpp)" if loops else
+        "torch operations (--no-fused-loops)" if args.no_fused_loops else
+        "torch operations (the compiled loops were not built: no C++ compiler at install)"))
     for shape in shapes:
         result = bench_shape(shape, DTYPES[args.dtype], device, samples, warmup, args.compile)
         results["shapes"].append(result)

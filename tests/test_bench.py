@@ -138,3 +138,16 @@ def test_keep_freed_memory_removes_the_allocators_page_faults():
     pages = 2**24 * 4 // 4096
     assert kept and flag and "freed memory kept" in run.stdout
     assert default > pages / 2 and after < pages / 20, (default, after)
+
+
+def test_no_fused_loops_times_bnlib_in_torch_operations(monkeypatch, capsys):
+    from bnlib.torch import _fused_kernels
+
+    calls = []
+    original = _fused_kernels.forward
+    monkeypatch.setattr(_fused_kernels, "forward", lambda *a: calls.append(1) or original(*a))
+    results = bench.main(["--no-fused-loops", "--shape", "8,4", "--samples", "1",
+                          "--warmup", "0"])
+    assert calls == [] and results["fused_loops"] is False
+    assert "torch operations (--no-fused-loops)" in capsys.readouterr().out
+    assert _fused_kernels.enabled() == _fused_kernels.available()  # restored afterwards

@@ -3,9 +3,10 @@ and eval mode.
 
 Each training direction is two passes over memory: the forward sums x's moments, then writes
 y; the backward sums dy and dy * (x - mean), then writes dx. Eval mode is one pass. Between them :mod:`._formulas` turns
-the sums into per-channel coefficients, as for every other route. torch's eager operations
-need five or six passes and about thirty dispatches for the same (:mod:`._kernels`, which
-still runs where these loops do not apply).
+the sums into per-channel coefficients, as for every other route. In torch's eager operations
+(:mod:`._kernels`, which still runs where these loops do not apply) the forward takes five or
+six passes, and a forward and backward about forty operations (22 and 17 on a (60, 100) input
+with running statistics, 26 and 26 on a 4-D one, counted with a ``TorchDispatchMode``).
 
 The loops (``bnlib/torch/_fused.cpp``) compute each element in its own dtype and each sum in
 double over partial sums of at most 64 values per accumulator, in an order their source
@@ -36,9 +37,11 @@ except ImportError:  # installed without a C++ compiler
 # Whether the loops may run in this thread (and context): bnlib.torch.use_fused_loops.
 _ENABLED = contextvars.ContextVar("bnlib_fused_loops", default=True)
 
-# On the 2-core machine that builds the book, the one-thread loops took 0.8 (64, 64, 32, 32)
-# and 0.84 (32, 256, 14, 14) of native's forward+backward time at 2 threads, where the
-# kernels of torch operations took 1.1-1.3: the loops run at up to MAX_THREADS threads at any
+# On the 2-core machine that builds the book, with torch at 2 threads, the one-thread loops
+# took 0.81 (64, 64, 32, 32) and 0.84 (32, 256, 14, 14) of native's forward+backward time,
+# the kernels of torch operations 1.16 and 1.29 (each call after a native one, which leaves
+# torch's OpenMP workers spinning as a network's previous layer does; `python -m bnlib.bench
+# --threads 2`: the loops 0.79-0.80). So the loops run at up to MAX_THREADS threads at any
 # size. More threads were not measured; with them, torch's multi-threaded operations take
 # inputs larger than SMALL_BYTES, which a core's cache holds and a thread pool speeds up
 # little.

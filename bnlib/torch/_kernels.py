@@ -2,8 +2,9 @@
 written for speed.
 
 They run in plain eager execution wherever the compiled loops (:mod:`._fused_kernels`) do
-not: half precision, GPUs, layouts other than contiguous and channels-last, and every CPU
-input when bnlib was installed without a C++ compiler.
+not: half precision, GPUs, layouts other than contiguous and channels-last, inputs over 1 MiB
+when torch uses more than two threads, dispatch modes, ``use_fused_loops(False)``, and every
+CPU input when bnlib was installed without a C++ compiler.
 
 Batch norm is memory-bound, so these kernels count trips to memory and input-sized
 allocations rather than arithmetic: only the output is allocated at input size, and every
