@@ -70,6 +70,31 @@ def forward_backward(module, x, dy):
     return [y, xi.grad, *grads]
 
 
+def functional_data(shape, dtype=torch.float64, seed=0, offset=0.0, channels_last=False):
+    """``x, dy, weight, bias`` for a functional batch norm: N(offset, 2) inputs, N(0, 1)
+    gradients, weight in [0.5, 1.5), N(0, 1) bias; drawn in float64, then cast to dtype; x
+    and dy channels-last on request (4-D and 5-D)."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=gen, dtype=torch.float64) * 2 + offset
+    dy = torch.randn(shape, generator=gen, dtype=torch.float64)
+    weight = torch.rand(shape[1], generator=gen, dtype=torch.float64) + 0.5
+    bias = torch.randn(shape[1], generator=gen, dtype=torch.float64)
+    x, dy, weight, bias = (t.to(dtype) for t in (x, dy, weight, bias))
+    if channels_last:
+        memory_format = torch.channels_last if x.dim() == 4 else torch.channels_last_3d
+        x, dy = (t.contiguous(memory_format=memory_format) for t in (x, dy))
+    return x, dy, weight, bias
+
+
+def functional_step(fn, x, dy, weight, bias):
+    """One training step of ``fn`` (the signature of F.batch_norm) without running
+    statistics: ``y, dx, dweight, dbias`` (leaves cloned in their layout)."""
+    x, weight, bias = (t.detach().clone().requires_grad_() for t in (x, weight, bias))
+    y = fn(x, None, None, weight, bias, True)
+    y.backward(dy)
+    return y.detach(), x.grad, weight.grad, bias.grad
+
+
 # ---------------------------------------------------------------------------------------------
 # State: layers trained a few steps, state_dicts compared exactly (tests/numpy/test_layer.py,
 # tests/torch/test_modules.py).

@@ -13,7 +13,7 @@ import torch
 
 from bnlib import torch as bnt
 from bnlib.torch import _fused_kernels
-from tests.reference import TOL, dx_scale, rel_err
+from tests.reference import TOL, dx_scale, functional_data, functional_step, rel_err
 
 pytestmark = pytest.mark.usefixtures("fused_loops")
 
@@ -24,27 +24,6 @@ def fused_loops():
         pytest.skip("bnlib.torch's compiled loops were not built (no C++ compiler at install)")
     with bnt.use_fused_loops(True):
         yield
-
-
-def _data(shape, dtype=torch.float64, seed=0, offset=0.0, channels_last=False):
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(shape, generator=gen, dtype=torch.float64) * 2 + offset
-    dy = torch.randn(shape, generator=gen, dtype=torch.float64)
-    weight = torch.rand(shape[1], generator=gen, dtype=torch.float64) + 0.5
-    bias = torch.randn(shape[1], generator=gen, dtype=torch.float64)
-    x, dy, weight, bias = (t.to(dtype) for t in (x, dy, weight, bias))
-    if channels_last:
-        memory_format = torch.channels_last if x.dim() == 4 else torch.channels_last_3d
-        x, dy = (t.contiguous(memory_format=memory_format) for t in (x, dy))
-    return x, dy, weight, bias
-
-
-def _forward_backward(fn, x, dy, weight, bias):
-    x, weight, bias = (t.detach().clone(memory_format=torch.preserve_format).requires_grad_()
-                       for t in (x, weight, bias))
-    y = fn(x, None, None, weight, bias, True)
-    y.backward(dy)
-    return y.detach(), x.grad, weight.grad, bias.grad
 
 
 def test_the_loops_are_built_where_a_compiler_is():
@@ -67,10 +46,10 @@ def test_the_loops_are_built_where_a_compiler_is():
 ])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_every_layout_matches_torch(shape, channels_last, dtype):
-    x, dy, weight, bias = _data(shape, dtype, channels_last=channels_last)
+    x, dy, weight, bias = functional_data(shape, dtype, channels_last=channels_last)
     assert _fused_kernels.layout(x) is not None  # the loops really run
-    got = _forward_backward(bnt.batch_norm, x, dy, weight, bias)
-    want = _forward_backward(torch.nn.functional.batch_norm,
+    got = functional_step(bnt.batch_norm, x, dy, weight, bias)
+    want = functional_step(torch.nn.functional.batch_norm,
                              *(t.double() for t in (x, dy, weight, bias)))
     terms = dx_scale(x.double().numpy(), dy.double().numpy(), weight.double().numpy())
     for g, w, what in zip(got, want, ("y", "dx", "dweight", "dbias")):
@@ -119,7 +98,7 @@ def test_eval_mode_gives_the_bits_of_the_torch_operations_route(shape, channels_
                                                                  terms):
     """One pass, the same operations in the same order (subtract, multiply, add); zeros keep
     their sign without a bias (x equal to the running mean times a negative weight: -0.0)."""
-    x, _, weight, bias = _data(shape, dtype, channels_last=channels_last)
+    x, _, weight, bias = functional_data(shape, dtype, channels_last=channels_last)
     mean = torch.randn(shape[1], dtype=torch.float64).to(dtype)
     var = torch.rand(shape[1], dtype=torch.float64).to(dtype) + 0.5
     x[0] = mean.view([-1] + [1] * (x.dim() - 2))
@@ -158,8 +137,8 @@ def test_batch_norm_takes_the_loops_where_they_apply(monkeypatch):
         original = getattr(_fused_kernels, name)
         monkeypatch.setattr(_fused_kernels, name,
                             lambda *a, _f=original, _n=name: calls.append(_n) or _f(*a))
-    x, dy, weight, bias = _data((8, 3))
-    _forward_backward(bnt.batch_norm, x, dy, weight, bias)
+    x, dy, weight, bias = functional_data((8, 3))
+    functional_step(bnt.batch_norm, x, dy, weight, bias)
     assert calls == ["forward", "backward"]
 
 
@@ -201,14 +180,14 @@ import _fused
 from bnlib.torch import _fused_kernels
 _fused_kernels._fused = _fused
 from bnlib import torch as bnt
-from tests.torch.test_fused_kernels import _data, _forward_backward
+from tests.reference import functional_data, functional_step
 out = []
 for shape, dtype in [((300, 37), torch.float32), ((12, 19, 9, 7), torch.float32),
                      ((300, 37), torch.float64), ((12, 19, 9, 7), torch.float64)]:
-    x, dy, weight, bias = _data(shape, dtype, offset=5.0)
-    out.append(_forward_backward(bnt.batch_norm, x, dy, weight, bias))
+    x, dy, weight, bias = functional_data(shape, dtype, offset=5.0)
+    out.append(functional_step(bnt.batch_norm, x, dy, weight, bias))
     x[:-(-16 // x[0, 0].numel())] = 60.0  # the pivot's samples far off: two-pass variance
-    out.append(_forward_backward(bnt.batch_norm, x, dy, weight, bias))
+    out.append(functional_step(bnt.batch_norm, x, dy, weight, bias))
     out.append([bnt.batch_norm(x, bias, weight, -weight, None, False)])  # eval, no offset
 torch.save(out, sys.argv[2])
 """
@@ -240,7 +219,7 @@ def test_a_far_pivot_takes_the_two_pass_variance(dtype):
     (In float32 the single-pass variance would lose about 2500 times the rounding error, far
     beyond the bound; in float64 the double sums hide it, so only float32 detects a broken
     fallback.)"""
-    x, dy, weight, bias = _data((40000, 3))  # 960 KB in float64: the loops at any thread count
+    x, dy, weight, bias = functional_data((40000, 3))  # 960 KB in float64: the loops at any thread count
     x[:16, 0] = 50.0
     x, weight, bias = x.to(dtype), weight.to(dtype), bias.to(dtype)
     view = _fused_kernels.layout(x)
@@ -288,10 +267,10 @@ def test_the_module_checks_its_arguments_before_it_reads_memory(args, error):
 def test_a_default_device_does_not_move_the_loops_buffers():
     """Under ``torch.device("meta")`` (or set_default_device) a CPU input still gets CPU
     buffers: the loops write only where x lives."""
-    x, dy, weight, bias = _data((16, 3, 4))
-    want = _forward_backward(torch.nn.functional.batch_norm, x, dy, weight, bias)
+    x, dy, weight, bias = functional_data((16, 3, 4))
+    want = functional_step(torch.nn.functional.batch_norm, x, dy, weight, bias)
     with torch.device("meta"):
-        got = _forward_backward(bnt.batch_norm, x, dy, weight, bias)
+        got = functional_step(bnt.batch_norm, x, dy, weight, bias)
         y_eval = bnt.batch_norm(x, bias, weight + 1, weight, bias, False)
     for g, w in zip(got, want):
         assert g.device.type == "cpu" and rel_err(g, w) < TOL
@@ -306,15 +285,15 @@ def _repack_contiguous(t):
 def test_saved_tensors_that_come_back_changed_take_the_torch_operations_route():
     """A saved-tensor hook may return x in another layout (here contiguous, as
     save_on_cpu(pin_memory=True) does) or dtype: the backward checks what it got back."""
-    x, dy, weight, bias = _data((8, 6, 5, 4), channels_last=True)
-    want = _forward_backward(torch.nn.functional.batch_norm, x, dy, weight, bias)
+    x, dy, weight, bias = functional_data((8, 6, 5, 4), channels_last=True)
+    want = functional_step(torch.nn.functional.batch_norm, x, dy, weight, bias)
     with torch.autograd.graph.saved_tensors_hooks(_repack_contiguous, _repack_contiguous):
-        got = _forward_backward(bnt.batch_norm, x, dy, weight, bias)
+        got = functional_step(bnt.batch_norm, x, dy, weight, bias)
     for g, w in zip(got, want):
         assert rel_err(g, w) < TOL
     # float64 saved as float32: no crash, gradients to float32 rounding
     with torch.autograd.graph.saved_tensors_hooks(lambda t: t.float(), lambda t: t):
-        got = _forward_backward(bnt.batch_norm, x, dy, weight, bias)
+        got = functional_step(bnt.batch_norm, x, dy, weight, bias)
     for g, w in zip(got[1:], want[1:]):
         assert rel_err(g, w) < 1e-5
 
@@ -338,13 +317,13 @@ def test_make_fx_traces_torch_operations_not_the_loops():
 def test_a_lazy_negation_or_a_zero_gradient_takes_the_torch_operations_route():
     """Tensors whose memory does not hold their values (a negative view, an efficient zero
     tensor) are not handed to the loops."""
-    x, dy, weight, bias = _data((8, 3))
+    x, dy, weight, bias = functional_data((8, 3))
     negated = torch._neg_view(x)
     assert negated.is_neg() and _fused_kernels.layout(negated) is None
     assert rel_err(bnt.batch_norm(negated, None, None, training=True),
                    torch.nn.functional.batch_norm(-x, None, None, training=True)) < TOL
     zero = torch._efficientzerotensor(x.shape, dtype=x.dtype)
-    got = _forward_backward(bnt.batch_norm, x, zero, weight, bias)
+    got = functional_step(bnt.batch_norm, x, zero, weight, bias)
     assert not got[1].any() and not got[2].any() and not got[3].any()
 
 

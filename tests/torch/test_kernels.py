@@ -12,36 +12,19 @@ import torch
 
 from bnlib import torch as bnt
 from bnlib.torch import _kernels, _reductions
-from tests.reference import TOL, rel_err
+from tests.reference import TOL, functional_data, functional_step, rel_err
 
 # These kernels run where the compiled loops do not apply (tests/torch/test_fused_kernels.py);
 # here they run everywhere.
 pytestmark = pytest.mark.usefixtures("torch_operations_route")
 
 
-def _data(shape, dtype=torch.float64, seed=0, offset=0.0):
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(shape, generator=gen, dtype=torch.float64) * 2 + offset
-    dy = torch.randn(shape, generator=gen, dtype=torch.float64)
-    c = shape[1]
-    weight = torch.rand(c, generator=gen, dtype=torch.float64) + 0.5
-    bias = torch.randn(c, generator=gen, dtype=torch.float64)
-    return [t.to(dtype) for t in (x, dy, weight, bias)]
-
-
-def _forward_backward(fn, x, dy, weight, bias):
-    x, weight, bias = (t.detach().clone().requires_grad_() for t in (x, weight, bias))
-    y = fn(x, None, None, weight, bias, True)
-    y.backward(dy)
-    return y.detach(), x.grad, weight.grad, bias.grad
-
-
 @pytest.mark.parametrize("shape", [(40, 8, 32, 32), (3000, 130), (9, 64, 7, 7, 7)])
 def test_several_blocks_match_torch_in_float64(shape):
-    x, dy, weight, bias = _data(shape)
+    x, dy, weight, bias = functional_data(shape)
     assert len(_reductions.blocks(x)) > 2  # the blocked backward really runs
-    got = _forward_backward(bnt.batch_norm, x, dy, weight, bias)
-    want = _forward_backward(torch.nn.functional.batch_norm, x, dy, weight, bias)
+    got = functional_step(bnt.batch_norm, x, dy, weight, bias)
+    want = functional_step(torch.nn.functional.batch_norm, x, dy, weight, bias)
     for g, w, what in zip(got, want, ("y", "dx", "dweight", "dbias")):
         assert rel_err(g, w) < TOL, what
 
@@ -49,10 +32,10 @@ def test_several_blocks_match_torch_in_float64(shape):
 @pytest.mark.parametrize("shape", [(100, 8, 10, 10), (700, 120)])
 def test_one_block_above_the_small_size_matches_torch_in_float64(shape):
     """Between BLOCK_BYTES and two blocks: one block, c recomputed after the product."""
-    x, dy, weight, bias = _data(shape)
+    x, dy, weight, bias = functional_data(shape)
     assert _reductions.blocks(x) == [slice(None)] and not _kernels._small(x)
-    got = _forward_backward(bnt.batch_norm, x, dy, weight, bias)
-    want = _forward_backward(torch.nn.functional.batch_norm, x, dy, weight, bias)
+    got = functional_step(bnt.batch_norm, x, dy, weight, bias)
+    want = functional_step(torch.nn.functional.batch_norm, x, dy, weight, bias)
     for g, w, what in zip(got, want, ("y", "dx", "dweight", "dbias")):
         assert rel_err(g, w) < TOL, what
 
@@ -71,7 +54,7 @@ def _outlier_first_values(dtype):
 
     (600 KiB in float32: large enough for the single-pass route to be tried.)
     """
-    x, _, weight, bias = _data((50000, 3), dtype=torch.float64)
+    x, _, weight, bias = functional_data((50000, 3), dtype=torch.float64)
     x[:16, 0] = 50.0
     return x.to(dtype), weight.to(dtype), bias.to(dtype)
 
@@ -89,7 +72,7 @@ def test_a_far_pivot_falls_back_to_the_two_pass_variance(dtype):
 
 
 def test_small_input_takes_the_two_pass_route():
-    x, _, weight, bias = _data((64, 16, 8, 8))  # 512 KiB: operations, not bytes, cost here
+    x, _, weight, bias = functional_data((64, 16, 8, 8))  # 512 KiB: operations, not bytes, cost here
     fast = _kernels.forward(x, weight, bias, 1e-5)
     two_pass = _kernels.forward(x, weight, bias, 1e-5, two_pass=True)
     for a, b in zip(fast, two_pass):
@@ -97,7 +80,7 @@ def test_small_input_takes_the_two_pass_route():
 
 
 def test_ordinary_data_takes_the_single_pass_route_and_agrees_with_two_pass():
-    x, _, weight, bias = _data((64, 16, 16, 16))
+    x, _, weight, bias = functional_data((64, 16, 16, 16))
     fast = _kernels.forward(x, weight, bias, 1e-5)
     two_pass = _kernels.forward(x, weight, bias, 1e-5, two_pass=True)
     assert not torch.equal(fast[2], two_pass[2])  # a different route (different rounding)...
@@ -125,10 +108,10 @@ def test_row_sum_of_squares_equals_the_plain_formula_where_it_has_a_route(shape,
 
 
 def test_a_channels_last_input_takes_the_product_route_and_matches_torch():
-    x, dy, weight, bias = _data((8, 6, 5, 20))
+    x, dy, weight, bias = functional_data((8, 6, 5, 20))
     x = x.contiguous(memory_format=torch.channels_last)
-    got = _forward_backward(bnt.batch_norm, x, dy, weight, bias)
-    want = _forward_backward(torch.nn.functional.batch_norm, x, dy, weight, bias)
+    got = functional_step(bnt.batch_norm, x, dy, weight, bias)
+    want = functional_step(torch.nn.functional.batch_norm, x, dy, weight, bias)
     for g, w in zip(got, want):
         assert rel_err(g, w) < TOL
 
@@ -137,9 +120,9 @@ def test_a_channels_last_input_takes_the_product_route_and_matches_torch():
 def test_float32_error_of_the_fast_route_stays_at_rounding_level(offset):
     """Against float64 on the same float32 values: output and gradients within a few ulps
     (torch's own kernel: about 1e-7 relative here; the bound leaves a factor of ~10)."""
-    x, dy, weight, bias = _data((64, 16, 16, 16), dtype=torch.float32, offset=offset)
-    got = _forward_backward(bnt.batch_norm, x, dy, weight, bias)
-    want = _forward_backward(torch.nn.functional.batch_norm, *(t.double() for t in
+    x, dy, weight, bias = functional_data((64, 16, 16, 16), dtype=torch.float32, offset=offset)
+    got = functional_step(bnt.batch_norm, x, dy, weight, bias)
+    want = functional_step(torch.nn.functional.batch_norm, *(t.double() for t in
                                                                (x, dy, weight, bias)))
     for g, w, what in zip(got, want, ("y", "dx", "dweight", "dbias")):
         assert rel_err(g.double(), w) < 5e-6, (what, rel_err(g.double(), w))
