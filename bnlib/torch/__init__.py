@@ -17,7 +17,7 @@
 
 Every module is a subclass of its ``torch.nn`` counterpart (``BatchNorm2d`` of
 ``torch.nn.BatchNorm2d``, the variants of torch's ``_BatchNorm``), so torch's own utilities
-find them. Requires torch >= 2.4. On a CPU, training mode runs compiled loops where they were
+find them. Requires torch >= 2.4. On a CPU, batch norm runs compiled loops where they were
 built at install (``fused_loops_available()``), torch operations elsewhere.
 """
 

@@ -2,8 +2,9 @@
 and eval mode.
 
 Each training direction is two passes over memory: the forward sums x's moments, then writes
-y; the backward sums dy and dy * (x - mean), then writes dx. Eval mode is one pass. Between them :mod:`._formulas` turns
-the sums into per-channel coefficients, as for every other route. In torch's eager operations
+y; the backward sums dy and dy * (x - mean), then writes dx. Between the passes
+:mod:`._formulas` turns the sums into per-channel coefficients, as for every other route.
+Eval mode is one pass. In torch's eager operations
 (:mod:`._kernels`, which still runs where these loops do not apply) the forward takes five or
 six passes, and a forward and backward about forty operations (22 and 17 on a (60, 100) input
 with running statistics, 26 and 26 on a 4-D one, counted with a ``TorchDispatchMode``).
@@ -148,7 +149,7 @@ def backward(x, dy, weight, mean, invstd, view):
     ``dx = (x - mean) * a + b + dy * scale``. dy is first laid out as x (a copy only when it
     is not, e.g. the expanded gradient of a sum).
     """
-    if _view(x) != view or not (mean.dtype == x.dtype and mean.is_contiguous() and _plain(dy)):
+    if _view(x) != view or not (_read_as_is(mean, x) and _plain(dy)):
         return None  # what was saved came back changed (saved-tensor hooks), or dy is not plain
     code, outer, c, inner, _, memory_format = view
     dy = as_dtype(dy, x.dtype)
@@ -163,16 +164,22 @@ def backward(x, dy, weight, mean, invstd, view):
     return _affine(x, view, mean, a, b, dy, scale), dgamma, dbeta
 
 
+def _read_as_is(t, x):
+    """True when the loops can read the (C,) vector t directly: x's dtype, contiguous, plain."""
+    return t.dtype == x.dtype and t.is_contiguous() and _plain(t)
+
+
 def normalize_fixed(x, mean, var, weight, bias, eps, view):
     """Eval mode, ``y = (x - mean) * scale + offset`` per channel in one pass, or None.
 
     The same operations in the same order as the torch-operations route (subtract, multiply,
     add, each rounded to x's dtype), so the same bits (a NaN's sign and payload aside: where
     x and the scale are both NaN the two may pick different ones). None (the caller takes
-    that route)
-    where the running statistics are not contiguous vectors of x's dtype.
+    that route) where the running mean or the bias, which the loops read as they are, are
+    not plain memory of x's dtype, or var has another dtype.
     """
-    if not (mean.dtype == var.dtype == x.dtype and mean.is_contiguous()):
+    if not (_read_as_is(mean, x) and var.dtype == x.dtype
+            and (bias is None or (bias.dtype == x.dtype and _plain(bias)))):
         return None
     _, scale, offset = normalize_coefficients(var, eps, weight, bias)
     if offset is not None and not offset.is_contiguous():  # a strided bias: its own copy

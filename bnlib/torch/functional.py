@@ -8,10 +8,12 @@ records operations, and the same forward directly when nothing needs a gradient.
 eager execution the forward and backward are, on a CPU for float32/float64 tensors that are
 contiguous or channels-last, the compiled loops of :mod:`._fused_kernels` (two passes over
 memory each way), and otherwise the memory-lean kernels of torch operations of
-:mod:`._kernels`; both compute the sums, then call the same coefficient functions. Under ``torch.compile``/``torch.export``, ``torch.jit.trace``,
-``torch.func`` transforms and forward-mode AD, and whenever a graph of the backward is
-requested (double backward), the same formulas run as plain out-of-place operations, which
-those tools can trace, batch and differentiate. Eval mode is a fixed per-channel affine map.
+:mod:`._kernels`; both compute the sums, then call the same coefficient functions. Under
+``torch.compile``/``torch.export``, ``torch.jit.trace``, ``torch.func`` transforms and
+forward-mode AD, and whenever a graph of the backward is requested (double backward), the
+same formulas run as plain out-of-place operations, which those tools can trace, batch and
+differentiate. Eval mode is a fixed per-channel affine map (one pass of the loops where
+autograd records nothing).
 
 Conventions (identical to ``torch.nn.functional.batch_norm``):
 
@@ -69,8 +71,8 @@ def fused_loops_available():
     """True when bnlib was installed with its compiled CPU loops (``bnlib/torch/_fused.cpp``).
 
     They are built by ``pip install`` where a C++ compiler with GCC's vector extensions is
-    (GCC or Clang); elsewhere bnlib installs without them, and training mode runs the same
-    formulas in torch operations: the same results to rounding, slower on small inputs.
+    (GCC or Clang); elsewhere bnlib installs without them, and batch norm runs the same
+    formulas in torch operations: the same results to rounding, slower.
     """
     return _fused_kernels.available()
 

@@ -322,6 +322,12 @@ def test_a_lazy_negation_or_a_zero_gradient_takes_the_torch_operations_route():
     assert negated.is_neg() and _fused_kernels.layout(negated) is None
     assert rel_err(bnt.batch_norm(negated, None, None, training=True),
                    torch.nn.functional.batch_norm(-x, None, None, training=True)) < TOL
+    mean, var = torch.zeros(3, dtype=x.dtype), torch.ones(3, dtype=x.dtype)
+    for name, args in (("mean", (torch._neg_view(mean + 1), var, weight, bias)),
+                       ("bias", (mean, var, weight, torch._neg_view(bias)))):
+        want = [a.resolve_neg() for a in args]
+        assert rel_err(bnt.batch_norm(x, *args, False),
+                       torch.nn.functional.batch_norm(x, *want, False)) < TOL, name
     zero = torch._efficientzerotensor(x.shape, dtype=x.dtype)
     got = functional_step(bnt.batch_norm, x, zero, weight, bias)
     assert not got[1].any() and not got[2].any() and not got[3].any()
