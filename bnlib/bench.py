@@ -411,7 +411,6 @@ def main(argv=None):
 
 def _run(args):
     """The benchmark of :func:`main`'s parsed arguments."""
-
     kept = keep_freed_memory() if args.keep_freed_memory else False
     if args.keep_freed_memory and not kept:
         print("--keep-freed-memory: not available here (the C library is not glibc)")

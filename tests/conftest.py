@@ -54,6 +54,13 @@ def cpu_route(request):
 
 
 @pytest.fixture
+def fused_loops_route():
+    """Only the compiled loops (skipped where they were not built)."""
+    with _route(True):
+        yield
+
+
+@pytest.fixture
 def torch_operations_route():
     """Only the kernels of torch operations (the route without the compiled loops)."""
     with _route(False):

@@ -15,15 +15,7 @@ from bnlib import torch as bnt
 from bnlib.torch import _fused_kernels
 from tests.reference import TOL, dx_scale, functional_data, functional_step, rel_err
 
-pytestmark = pytest.mark.usefixtures("fused_loops")
-
-
-@pytest.fixture
-def fused_loops():
-    if not bnt.fused_loops_available():
-        pytest.skip("bnlib.torch's compiled loops were not built (no C++ compiler at install)")
-    with bnt.use_fused_loops(True):
-        yield
+pytestmark = pytest.mark.usefixtures("fused_loops_route")
 
 
 def test_the_loops_are_built_where_a_compiler_is():
