@@ -395,7 +395,7 @@ def main(argv=None):
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--compile", action="store_true",
-                        help="also time bnlib's opt-in compiled path and torch.compile of plain "
+                        help="also time bnlib's opt-in torch.compile path and torch.compile of plain "
                              "ops (the first call per shape compiles: seconds)")
     parser.add_argument("--keep-freed-memory", action="store_true",
                         help="keep freed memory in this process (glibc), so that no call pays "
